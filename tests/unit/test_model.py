@@ -1,0 +1,212 @@
+"""BuildConfig/Build/BuildRequest parsing, validation with field paths, and round trips."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.factories import T0, buildconfig, buildconfig_doc
+from triggerd.errors import Invalid
+from triggerd.model import buildconfigs, builds, requests
+
+EXPORT = Path(__file__).parents[2] / "config" / "examples" / "openshift-export.yaml"
+
+
+def causes(doc: Any) -> dict[str, str]:
+    with pytest.raises(Invalid) as info:
+        buildconfigs.parse(doc)
+    return {c.path: c.message for c in info.value.causes}
+
+
+def test_openshift_export_loads_and_round_trips_unknown_fields() -> None:
+    doc = yaml.safe_load(EXPORT.read_text())
+    config = buildconfigs.parse(doc)
+    assert config.name == "ruby-hello-world"
+    assert config.namespace == "team-a"
+    assert config.last_version == 7
+    assert config.run_policy is buildconfigs.RunPolicy.SERIAL
+    assert [t.type.value for t in config.triggers] == [
+        "GitHub",
+        "Generic",
+        "ConfigChange",
+        "ImageChange",
+    ]
+    docker = config.spec.strategy.docker
+    assert docker is not None and docker.from_image is not None
+    assert docker.from_image.name == "registry.example.com/ubi8/ruby-31:latest"
+    assert config.spec.source.context_dir == "app"
+    out = config.to_dict()
+    # Everything the user wrote survives; only server-regenerated metadata is dropped.
+    assert out["spec"] == doc["spec"]
+    assert out["metadata"]["labels"] == doc["metadata"]["labels"]
+    assert out["metadata"]["annotations"] == doc["metadata"]["annotations"]
+    assert "managedFields" not in out["metadata"]
+    assert out["status"]["lastVersion"] == 7
+    # And what comes out parses to the same object again.
+    assert buildconfigs.parse(out).to_dict() == out
+
+
+def test_triggerd_api_version_is_accepted() -> None:
+    doc = buildconfig_doc()
+    doc["apiVersion"] = "triggerd.dev/v1"
+    assert buildconfigs.parse(doc).name == "app"
+
+
+def test_defaults() -> None:
+    config = buildconfig()
+    assert config.namespace == "default"
+    assert config.successful_builds_history_limit == 5
+    assert config.failed_builds_history_limit == 5
+    assert config.spec.completion_deadline_seconds == 7 * 24 * 3600
+    assert config.spec.strategy.docker is not None
+    assert config.spec.strategy.docker.dockerfile_path == "Dockerfile"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "fragment"),
+    [
+        (lambda d: d["spec"]["source"].update(contextDir="../etc"), "spec.source.contextDir", ".."),
+        (
+            lambda d: d["spec"]["source"].update(contextDir="/etc"),
+            "spec.source.contextDir",
+            "relative path",
+        ),
+        (
+            lambda d: d["spec"]["strategy"]["dockerStrategy"].update(
+                dockerfilePath="../Dockerfile"
+            ),
+            "spec.strategy.dockerStrategy.dockerfilePath",
+            "must be a relative path inside the context",
+        ),
+        (lambda d: d["spec"]["strategy"].update(type="Magic"), "spec.strategy.type", "Magic"),
+        (lambda d: d["spec"].update(runPolicy="Sometimes"), "spec.runPolicy", "Sometimes"),
+        (lambda d: d["metadata"].update(name="Bad_Name"), "metadata.name", "RFC 1123"),
+        (lambda d: d["spec"]["source"]["git"].pop("uri"), "spec.source.git.uri", "required"),
+        (
+            lambda d: d["spec"]["output"]["to"].update(name="UPPER/case:tag"),
+            "spec.output.to.name",
+            "invalid",
+        ),
+        (
+            lambda d: d["spec"].update(completionDeadlineSeconds=0),
+            "spec.completionDeadlineSeconds",
+            "at least 1",
+        ),
+        (
+            lambda d: d["spec"].update(successfulBuildsHistoryLimit=-1),
+            "spec.successfulBuildsHistoryLimit",
+            "at least 0",
+        ),
+        (
+            lambda d: d["spec"].update(triggers=[{"type": "GitHub", "github": {}}]),
+            "spec.triggers[0].github",
+            "secret",
+        ),
+        (lambda d: d["spec"].update(triggers=[{"type": "Cron"}]), "spec.triggers[0].type", "Cron"),
+        (
+            lambda d: d["spec"]["strategy"]["dockerStrategy"].update(buildArgs=[{"value": "x"}]),
+            "spec.strategy.dockerStrategy.buildArgs[0].name",
+            "required",
+        ),
+        (lambda d: d.update(apiVersion="v1"), "apiVersion", "unsupported"),
+        (
+            lambda d: d["spec"]["source"]["git"].update(ref="--upload-pack=evil"),
+            "spec.source.git.ref",
+            "'-'",
+        ),
+    ],
+)
+def test_invalid_fields_are_named(mutate: Any, path: str, fragment: str) -> None:
+    doc = buildconfig_doc()
+    mutate(doc)
+    found = causes(doc)
+    assert path in found, found
+    assert fragment in found[path]
+
+
+def test_every_error_is_reported_at_once() -> None:
+    doc = buildconfig_doc(run_policy="Nope")
+    doc["spec"]["source"]["contextDir"] = "../x"
+    doc["spec"]["strategy"]["dockerStrategy"]["noCache"] = "yes"
+    found = causes(doc)
+    assert {
+        "spec.runPolicy",
+        "spec.source.contextDir",
+        "spec.strategy.dockerStrategy.noCache",
+    } <= set(found)
+
+
+@pytest.mark.parametrize("doc", [None, [], "text", 3])
+def test_non_mapping_documents_are_invalid(doc: Any) -> None:
+    with pytest.raises(Invalid):
+        buildconfigs.parse(doc)
+
+
+def test_instantiate_names_labels_and_causes() -> None:
+    config = buildconfig("web", run_policy="SerialLatestOnly")
+    build = requests.instantiate(config, requests.BuildRequest(), number=3, uid="u", created=T0)
+    assert build.name == "web-3"
+    assert build.meta.labels[builds.CONFIG_LABEL] == "web"
+    assert build.meta.labels[builds.START_POLICY_LABEL] == "SerialLatestOnly"
+    assert build.meta.annotations[builds.NUMBER_ANNOTATION] == "3"
+    assert build.triggered_by == ({"message": "Manually triggered"},)
+    assert build.phase is builds.Phase.NEW
+    doc = build.to_dict()
+    assert "triggers" not in doc["spec"] and "runPolicy" not in doc["spec"]
+    assert doc["status"]["config"] == {"kind": "BuildConfig", "namespace": "default", "name": "web"}
+    assert builds.from_dict(doc).to_dict() == doc
+
+
+def test_build_request_overrides() -> None:
+    doc = buildconfig_doc()
+    doc["spec"]["strategy"]["dockerStrategy"]["buildArgs"] = [
+        {"name": "A", "value": "1"},
+        {"name": "B", "value": "2"},
+    ]
+    config = buildconfigs.parse(doc)
+    request = requests.parse(
+        {
+            "kind": "BuildRequest",
+            "metadata": {"name": "app"},
+            "revision": {"git": {"commit": "abc123def"}},
+            "env": [{"name": "E", "value": "x"}],
+            "dockerStrategyOptions": {"buildArgs": [{"name": "B", "value": "3"}], "noCache": True},
+        },
+        "app",
+    )
+    build = requests.instantiate(config, request, number=1, uid="u", created=T0)
+    docker = build.spec.strategy.docker
+    assert docker is not None
+    assert [(a.name, a.value) for a in docker.build_args] == [("A", "1"), ("B", "3")]
+    assert [(e.name, e.value) for e in docker.env] == [("E", "x")]
+    assert docker.no_cache is True
+    assert build.spec.revision is not None and build.spec.revision.commit == "abc123def"
+    # the config itself is untouched
+    assert config.spec.raw == doc["spec"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"metadata": {"name": "other"}}, "metadata.name"),
+        ({"revision": {"git": {"commit": "not-hex!"}}}, "revision.git.commit"),
+        ({"env": [{"name": 3}]}, "env[0].name"),
+        ({"dockerStrategyOptions": {"noCache": "yes"}}, "dockerStrategyOptions.noCache"),
+        ({"triggeredBy": ["x"]}, "triggeredBy[0]"),
+    ],
+)
+def test_bad_build_requests(body: dict[str, Any], path: str) -> None:
+    with pytest.raises(Invalid) as info:
+        requests.parse(body, "app")
+    assert path in {c.path for c in info.value.causes}
+
+
+def test_parse_does_not_mutate_input() -> None:
+    doc = yaml.safe_load(EXPORT.read_text())
+    before = copy.deepcopy(doc)
+    buildconfigs.parse(doc).to_dict()
+    assert doc == before

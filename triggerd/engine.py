@@ -1,0 +1,442 @@
+"""The orchestrator: the one place that wires intake, store, scheduling and executors.
+
+Requests (REST, CLI, webhooks) come in through the methods here; each is validated, written
+to the store (durably, before the caller answers), and then the scheduler is woken. The
+scheduler loop asks :mod:`triggerd.scheduling` what to start or cancel, moves builds through
+:mod:`triggerd.lifecycle`, runs them on the executor and persists every report. It also
+recovers builds a crash left behind, prunes history and reloads BuildConfig files.
+Pure decisions stay in the stage modules; this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from triggerd import lifecycle, manifests, metrics, scheduling
+from triggerd.errors import Conflict, NotFound, TemporaryError
+from triggerd.executors import base as executors
+from triggerd.model import buildconfigs, builds, requests
+from triggerd.model import meta as metas
+from triggerd.model.builds import Build, Phase, Reason
+from triggerd.model.specs import SourceRevision
+from triggerd.settings import Settings
+from triggerd.store import base as stores
+
+log = logging.getLogger(__name__)
+
+#: Reasons that are triggerd's or the platform's fault rather than the build's: phase Error.
+ERROR_REASONS = frozenset(
+    {Reason.SERVER_RESTARTED, Reason.BUILD_POD_DELETED, Reason.CANNOT_CREATE_BUILD_POD}
+)
+CONFIG_CHANGE_CAUSE = "Build configuration change"
+UNFINISHED = frozenset({Phase.NEW, Phase.PENDING, Phase.RUNNING})
+
+
+class LogSink(Protocol):
+    def delete(self, namespace: str, name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRequest:
+    namespace: str
+    config_name: str
+    request: requests.BuildRequest
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: stores.Store,
+        executor: executors.Executor,
+        logs: LogSink,
+        clock: Callable[[], datetime] = metas.now,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.logs = logs
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # Life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, recover what a crash left, load config files, start scheduling."""
+        await self.store.open()
+        await self.recover()
+        if self.settings.build_configs:
+            await self.load_buildconfig_files(self.settings.build_configs)
+        self._loop_task = asyncio.create_task(self._schedule_forever(), name="scheduler")
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop scheduling; running host builds are cut off and recovered as Error at the
+        next start (Kubernetes Jobs keep running and are adopted)."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def recover(self) -> None:
+        page = await self.store.list_builds(
+            stores.BuildQuery(phases=frozenset({Phase.PENDING, Phase.RUNNING}))
+        )
+        for build in page.builds:
+            outcome = await self.executor.recover(build)
+            if outcome is None:
+                self._spawn(build)
+                continue
+            log.warning(
+                "build %s/%s was left %s: %s",
+                build.namespace,
+                build.name,
+                build.phase.value,
+                outcome,
+            )
+            await self._finish(build.namespace, build.name, outcome)
+
+    # BuildConfigs -------------------------------------------------------------------------
+    async def create_buildconfig(
+        self, doc: Any, *, namespace: str = metas.DEFAULT_NAMESPACE
+    ) -> buildconfigs.BuildConfig:
+        config = buildconfigs.parse(doc, default_namespace=namespace)
+        created = await self.store.create_buildconfig(config)
+        await self._on_created(created)
+        return created
+
+    async def replace_buildconfig(
+        self, doc: Any, *, namespace: str, name: str
+    ) -> buildconfigs.BuildConfig:
+        config = buildconfigs.parse(doc, default_namespace=namespace)
+        if config.name != name or config.namespace != namespace:
+            raise Conflict(
+                f"metadata.name/namespace {config.namespace}/{config.name} do not match "
+                f"the URL {namespace}/{name}"
+            )
+        return await self.store.replace_buildconfig(
+            config, expected_resource_version=config.meta.resource_version or None
+        )
+
+    async def apply_buildconfig(
+        self, doc: Any, *, namespace: str = metas.DEFAULT_NAMESPACE
+    ) -> tuple[buildconfigs.BuildConfig, str]:
+        """Create or replace; returns the stored config and "created"/"configured"/"unchanged"."""
+        config = buildconfigs.parse(doc, default_namespace=namespace)
+        try:
+            current = await self.store.get_buildconfig(config.namespace, config.name)
+        except NotFound:
+            created = await self.store.create_buildconfig(config)
+            await self._on_created(created)
+            return created, "created"
+        if _user_part(current.raw) == _user_part(config.raw):
+            return current, "unchanged"
+        return await self.store.replace_buildconfig(config), "configured"
+
+    async def _on_created(self, config: buildconfigs.BuildConfig) -> None:
+        """A ConfigChange trigger starts the first build of a new config, as in OpenShift."""
+        if config.paused or not any(
+            t.type is buildconfigs.TriggerType.CONFIG_CHANGE for t in config.triggers
+        ):
+            return
+        cause = {"message": CONFIG_CHANGE_CAUSE}
+        await self.instantiate(
+            config.namespace, config.name, requests.BuildRequest(triggered_by=(cause,))
+        )
+
+    async def delete_buildconfig(self, namespace: str, name: str) -> None:
+        page = await self.store.list_builds(
+            stores.BuildQuery(namespace=namespace, config_name=name, phases=UNFINISHED)
+        )
+        for build in page.builds:
+            with contextlib.suppress(Conflict, NotFound):
+                await self.cancel_build(namespace, build.name)
+        doomed = await self.store.list_builds(
+            stores.BuildQuery(namespace=namespace, config_name=name)
+        )
+        await self.store.delete_buildconfig(namespace, name)
+        for build in doomed.builds:
+            self.logs.delete(namespace, build.name)
+
+    async def load_buildconfig_files(self, paths: Iterable[Path]) -> list[str]:
+        """Apply every BuildConfig in these files/folders; returns "<ns>/<name> <result>"."""
+        results = []
+        for source, doc in manifests.read_documents(paths):
+            if doc.get("kind") not in (None, buildconfigs.KIND):
+                log.info("%s: skipping %s (only BuildConfigs are loaded)", source, doc.get("kind"))
+                continue
+            config, result = await self.apply_buildconfig(doc)
+            results.append(f"{config.namespace}/{config.name} {result}")
+            log.info("%s: buildconfig %s/%s %s", source, config.namespace, config.name, result)
+        return results
+
+    # Builds -------------------------------------------------------------------------------
+    async def instantiate(self, namespace: str, name: str, request: requests.BuildRequest) -> Build:
+        result = await self.start_builds(
+            [StartRequest(namespace=namespace, config_name=name, request=request)]
+        )
+        return result.builds[0]
+
+    async def start_builds(
+        self, starts: Sequence[StartRequest], *, delivery: stores.Delivery | None = None
+    ) -> stores.Instantiated:
+        """Create builds (and record the delivery) durably, then wake the scheduler."""
+        await self._check_queue_limit(len(starts))
+        created = self.clock()
+        new = [
+            stores.NewBuild(
+                namespace=s.namespace,
+                config_name=s.config_name,
+                make=_factory(s.request, created),
+            )
+            for s in starts
+        ]
+        result = await self.store.instantiate(new, delivery=delivery)
+        if not result.duplicate and result.builds:
+            self.wake()
+            await self._notify()
+        return result
+
+    async def cancel_build(self, namespace: str, name: str) -> Build:
+        """Cancel as ``oc cancel-build`` does: queued builds at once, running ones are stopped."""
+        async with self._lock(namespace, name):
+            build = await self.store.get_build(namespace, name)
+            if build.phase is Phase.CANCELLED:
+                return build
+            if build.phase is Phase.NEW:
+                build = await self._save(lifecycle.cancel(build, now=self.clock()))
+                self.wake()
+                return build
+            build = await self._save(lifecycle.request_cancel(build))
+        await self.executor.cancel(namespace, name)
+        return build
+
+    async def wait_for_change(self, within: float) -> None:
+        """Return after any build changed, or after ``within`` seconds."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), within)
+
+    async def _check_queue_limit(self, adding: int) -> None:
+        limit = self.settings.queue_limit
+        if not limit:
+            return
+        page = await self.store.list_builds(stores.BuildQuery(phases=frozenset({Phase.NEW})))
+        if len(page.builds) + adding > limit:
+            raise TemporaryError(
+                f"the build queue is full ({len(page.builds)} builds waiting, limit {limit})",
+                delay=30.0,
+            )
+
+    # Scheduling ---------------------------------------------------------------------------
+    async def _schedule_forever(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.schedule_once()
+            except Exception:
+                # One bad pass must not stop every future build; the next wake retries.
+                log.exception("scheduling pass failed")
+                await asyncio.sleep(1.0)
+                self.wake()
+
+    async def schedule_once(self) -> scheduling.Decision:
+        page = await self.store.list_builds(stores.BuildQuery(phases=UNFINISHED))
+        unfinished = list(page.builds)
+        decision = scheduling.decide(unfinished, max_concurrent=self.settings.max_concurrent_builds)
+        metrics.QUEUE_DEPTH.set(scheduling.queue_depth(unfinished))
+        for build in decision.cancel:
+            with contextlib.suppress(Conflict, NotFound):
+                await self.cancel_build(build.namespace, build.name)
+        for build in decision.start:
+            try:
+                async with self._lock(build.namespace, build.name):
+                    current = await self.store.get_build(build.namespace, build.name)
+                    if current.phase is not Phase.NEW:
+                        continue
+                    pending = await self._save(
+                        lifecycle.advance(current, Phase.PENDING, now=self.clock())
+                    )
+            except (Conflict, NotFound):
+                continue
+            self._spawn(pending)
+        metrics.BUILDS_ACTIVE.set(len(self._running))
+        return decision
+
+    def _spawn(self, build: Build) -> None:
+        key = (build.namespace, build.name)
+        task = asyncio.create_task(self._run(build), name=f"build {build.namespace}/{build.name}")
+        self._running[key] = task
+        task.add_done_callback(lambda _t: self._running.pop(key, None))
+
+    async def _run(self, build: Build) -> None:
+        reporter = _Reporter(self, build.namespace, build.name)
+        try:
+            outcome = await self.executor.run(build, reporter)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("executor failed on %s/%s", build.namespace, build.name)
+            outcome = executors.Failed(
+                reason=Reason.GENERIC_BUILD_FAILED,
+                message=f"triggerd could not run the build: {e}",
+                log_snippet="",
+            )
+            await self._finish(build.namespace, build.name, outcome, error=True)
+        else:
+            await self._finish(build.namespace, build.name, outcome)
+        self.wake()
+
+    async def _finish(
+        self, namespace: str, name: str, outcome: executors.Outcome, *, error: bool = False
+    ) -> None:
+        async with self._lock(namespace, name):
+            try:
+                build = await self.store.get_build(namespace, name)
+            except NotFound:
+                return  # deleted while running
+            if build.phase.terminal:
+                return
+            now = self.clock()
+            if isinstance(outcome, executors.Succeeded):
+                build = lifecycle.record_output(
+                    build, digest=outcome.digest, image_reference=outcome.image_reference
+                )
+                build = lifecycle.advance(build, Phase.COMPLETE, now=now)
+            elif isinstance(outcome, executors.Cancelled):
+                build = lifecycle.advance(
+                    build, Phase.CANCELLED, now=now, reason=Reason.CANCELLED_BUILD
+                )
+            else:
+                target = Phase.ERROR if error or outcome.reason in ERROR_REASONS else Phase.FAILED
+                build = lifecycle.record_log_snippet(build, outcome.log_snippet)
+                build = lifecycle.advance(
+                    build,
+                    target,
+                    now=now,
+                    reason=outcome.reason,
+                    message=outcome.message or outcome.reason.message,
+                )
+            build = await self._save(build)
+        _count(build)
+        await self._prune(build)
+
+    async def _prune(self, finished: Build) -> None:
+        """Keep only the newest successful/failed builds the config's history limits allow."""
+        try:
+            config = await self.store.get_buildconfig(finished.namespace, finished.config_name)
+        except NotFound:
+            return
+        page = await self.store.list_builds(
+            stores.BuildQuery(namespace=config.namespace, config_name=config.name)
+        )
+        complete = [b for b in page.builds if b.phase is Phase.COMPLETE]
+        failed = [b for b in page.builds if b.phase in (Phase.FAILED, Phase.ERROR, Phase.CANCELLED)]
+        doomed = _oldest_beyond(complete, config.successful_builds_history_limit)
+        doomed += _oldest_beyond(failed, config.failed_builds_history_limit)
+        if doomed:
+            await self.store.delete_builds(config.namespace, [b.name for b in doomed])
+            for build in doomed:
+                self.logs.delete(build.namespace, build.name)
+
+    # Persistence helpers ------------------------------------------------------------------
+    async def update(self, namespace: str, name: str, change: Callable[[Build], Build]) -> Build:
+        async with self._lock(namespace, name):
+            build = await self.store.get_build(namespace, name)
+            if build.phase.terminal:
+                return build
+            return await self._save(change(build))
+
+    async def _save(self, build: Build) -> Build:
+        saved = await self.store.update_build(build)
+        await self._notify()
+        return saved
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+
+class _Reporter:
+    """Persists an executor's progress reports for one build."""
+
+    def __init__(self, engine: Engine, namespace: str, name: str) -> None:
+        self.engine, self.namespace, self.name = engine, namespace, name
+
+    async def running(self) -> None:
+        now = self.engine.clock()
+
+        def to_running(build: Build) -> Build:
+            if build.phase is Phase.PENDING:
+                return lifecycle.advance(build, Phase.RUNNING, now=now)
+            return build
+
+        await self.engine.update(self.namespace, self.name, to_running)
+
+    async def revision(self, revision: SourceRevision) -> None:
+        await self.engine.update(
+            self.namespace, self.name, lambda b: lifecycle.record_revision(b, revision)
+        )
+
+    async def stage(self, stage: builds.Stage) -> None:
+        await self.engine.update(
+            self.namespace, self.name, lambda b: lifecycle.record_stage(b, stage)
+        )
+
+
+def _factory(request: requests.BuildRequest, created: datetime) -> stores.BuildFactory:
+    def make(config: buildconfigs.BuildConfig, number: int) -> Build:
+        return requests.instantiate(
+            config, request, number=number, uid=str(uuid.uuid4()), created=created
+        )
+
+    return make
+
+
+def _oldest_beyond(items: list[Build], keep: int) -> list[Build]:
+    ordered = sorted(items, key=lambda b: b.number)
+    return ordered[: max(0, len(ordered) - keep)]
+
+
+def _user_part(raw: Mapping[str, Any]) -> Any:
+    """What a user controls in a BuildConfig document (apply compares only this)."""
+    meta = dict(raw.get("metadata") or {})
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
+        meta.pop(key, None)
+    return {"metadata": meta, "spec": raw.get("spec")}
+
+
+def _count(build: Build) -> None:
+    strategy = build.spec.strategy.type.value
+    metrics.BUILDS.labels(build.phase.value, build.status.reason, strategy).inc()
+    duration = build.status.duration_ns
+    if duration is not None:
+        metrics.BUILD_DURATION.labels(build.phase.value, strategy).observe(duration / 1e9)

@@ -1,0 +1,1 @@
+"""Executors run a planned build somewhere (the host, or a Kubernetes Job) and report back."""

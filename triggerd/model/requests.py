@@ -1,0 +1,165 @@
+"""BuildRequest and the making of a new Build from a BuildConfig (pure).
+
+``instantiate`` is what OpenShift's build generator does: copy the BuildConfig's CommonSpec,
+apply the request's overrides (revision, env, build args, noCache, from), name the build
+``<config>-<number>``, stamp labels and annotations, and record why it started. Every
+override is validated like the BuildConfig itself, with field paths.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from triggerd.errors import Invalid
+from triggerd.model import builds, specs
+from triggerd.model import meta as metas
+from triggerd.model.buildconfigs import BuildConfig
+from triggerd.model.fields import Fields
+
+KIND = "BuildRequest"
+MANUAL_CAUSE = "Manually triggered"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildRequest:
+    """What to start: overrides on top of the BuildConfig, and the causes."""
+
+    revision: specs.SourceRevision | None = None
+    env: tuple[specs.EnvVar, ...] = ()
+    build_args: tuple[specs.EnvVar, ...] = ()
+    no_cache: bool | None = None
+    from_image: specs.ObjectReference | None = None
+    triggered_by: tuple[Mapping[str, Any], ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse(doc: Any, config_name: str) -> BuildRequest:
+    """Parse a BuildRequest body (an empty body is a plain manual start)."""
+    if doc is None:
+        return BuildRequest()
+    fields = Fields()
+    if not isinstance(doc, Mapping):
+        fields.error("<root>", "a BuildRequest must be an object")
+        raise Invalid(KIND, config_name, fields.errors)
+    if doc.get("kind") not in (None, KIND):
+        fields.error("kind", f"must be {KIND!r}")
+    meta = fields.mapping(doc, "metadata", "metadata")
+    name = meta.get("name")
+    if name not in (None, "", config_name):
+        fields.error("metadata.name", f"must name the BuildConfig {config_name!r}, not {name!r}")
+    revision_doc = fields.mapping(doc, "revision", "revision")
+    revision = specs.parse_revision(revision_doc, fields, "revision") if revision_doc else None
+    if revision is not None and revision.commit:
+        _check_commit(revision.commit, fields, "revision.git.commit")
+    options = fields.mapping(doc, "dockerStrategyOptions", "dockerStrategyOptions")
+    no_cache = options.get("noCache")
+    if no_cache is not None and not isinstance(no_cache, bool):
+        fields.error("dockerStrategyOptions.noCache", "must be true or false")
+        no_cache = None
+    causes = []
+    for i, cause in enumerate(fields.items(doc, "triggeredBy", "triggeredBy")):
+        if not isinstance(cause, Mapping):
+            fields.error(f"triggeredBy[{i}]", "must be an object")
+        else:
+            causes.append(cause)
+    request = BuildRequest(
+        revision=revision,
+        env=specs.parse_env(fields.items(doc, "env", "env"), fields, "env"),
+        build_args=specs.parse_env(
+            fields.items(options, "buildArgs", "dockerStrategyOptions.buildArgs"),
+            fields,
+            "dockerStrategyOptions.buildArgs",
+        ),
+        no_cache=no_cache,
+        from_image=specs.parse_reference(fields.mapping(doc, "from", "from"), fields, "from"),
+        triggered_by=tuple(causes),
+        labels=fields.string_map(meta, "labels", "metadata.labels"),
+        annotations=fields.string_map(meta, "annotations", "metadata.annotations"),
+    )
+    if fields.errors:
+        raise Invalid(KIND, config_name, fields.errors)
+    return request
+
+
+def _check_commit(commit: str, fields: Fields, path: str) -> None:
+    if not all(c in "0123456789abcdefABCDEF" for c in commit) or not 4 <= len(commit) <= 64:
+        fields.error(path, "must be a hexadecimal commit id")
+
+
+def build_name(config_name: str, number: int) -> str:
+    return f"{config_name}-{number}"
+
+
+def instantiate(
+    config: BuildConfig,
+    request: BuildRequest,
+    *,
+    number: int,
+    uid: str,
+    created: datetime,
+) -> builds.Build:
+    """Make Build number ``number`` of ``config`` as ``request`` asks."""
+    spec_doc = {
+        k: copy.deepcopy(v) for k, v in config.spec.raw.items() if k not in specs.CONFIG_ONLY_FIELDS
+    }
+    strategy = dict(spec_doc.get("strategy") or {})
+    docker = dict(strategy.get("dockerStrategy") or {})
+    if request.env:
+        docker["env"] = _merge(docker.get("env"), request.env)
+    if request.build_args:
+        docker["buildArgs"] = _merge(docker.get("buildArgs"), request.build_args)
+    if request.no_cache is not None:
+        docker["noCache"] = request.no_cache
+    if request.from_image is not None:
+        docker["from"] = {"kind": request.from_image.kind.value, "name": request.from_image.name}
+    if docker or "dockerStrategy" in strategy:
+        strategy["dockerStrategy"] = docker
+        spec_doc["strategy"] = strategy
+    spec_doc.pop("revision", None)
+    fields = Fields()
+    spec = specs.parse_common_spec(spec_doc, fields)
+    name = build_name(config.name, number)
+    if fields.errors:
+        raise Invalid(builds.KIND, name, fields.errors)
+    if request.revision is not None:
+        spec = replace(spec, revision=request.revision)
+    labels = {
+        **config.meta.labels,
+        **request.labels,
+        builds.CONFIG_LABEL: config.name,
+        builds.CONFIG_LABEL_DEPRECATED: config.name,
+        builds.START_POLICY_LABEL: config.run_policy.value,
+    }
+    annotations = {
+        **request.annotations,
+        builds.CONFIG_ANNOTATION: config.name,
+        builds.NUMBER_ANNOTATION: str(number),
+    }
+    meta = metas.ObjectMeta(
+        name=name,
+        namespace=config.namespace,
+        uid=uid,
+        creation_timestamp=created,
+        labels=labels,
+        annotations=annotations,
+    )
+    causes = request.triggered_by or ({"message": MANUAL_CAUSE},)
+    return builds.Build(meta=meta, spec=spec, triggered_by=causes, status=builds.BuildStatus())
+
+
+def _merge(existing: Any, overrides: tuple[specs.EnvVar, ...]) -> list[dict[str, Any]]:
+    """Overrides replace entries of the same name and keep the original order otherwise."""
+    merged: list[dict[str, Any]] = [dict(e) for e in existing or [] if isinstance(e, Mapping)]
+    index = {e.get("name"): i for i, e in enumerate(merged)}
+    for var in overrides:
+        entry = {"name": var.name, "value": var.value}
+        if var.name in index:
+            merged[index[var.name]] = entry
+        else:
+            merged.append(entry)
+    return merged

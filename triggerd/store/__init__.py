@@ -1,0 +1,1 @@
+"""Durable storage of BuildConfigs, Builds and webhook deliveries."""
