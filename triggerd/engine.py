@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from triggerd import lifecycle, manifests, metrics, scheduling
+from triggerd import lifecycle, manifests, matching, metrics, scheduling
 from triggerd.errors import Conflict, NotFound, TemporaryError
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
@@ -72,11 +72,14 @@ class Engine:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.repo_index = matching.RepoIndex()
 
     # Life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the store, recover what a crash left, load config files, start scheduling."""
         await self.store.open()
+        for config in await self.store.list_buildconfigs():
+            self.repo_index.put(config)
         await self.recover()
         if self.settings.build_configs:
             await self.load_buildconfig_files(self.settings.build_configs)
@@ -126,6 +129,7 @@ class Engine:
     ) -> buildconfigs.BuildConfig:
         config = buildconfigs.parse(doc, default_namespace=namespace)
         created = await self.store.create_buildconfig(config)
+        self.repo_index.put(created)
         await self._on_created(created)
         return created
 
@@ -138,9 +142,11 @@ class Engine:
                 f"metadata.name/namespace {config.namespace}/{config.name} do not match "
                 f"the URL {namespace}/{name}"
             )
-        return await self.store.replace_buildconfig(
+        replaced = await self.store.replace_buildconfig(
             config, expected_resource_version=config.meta.resource_version or None
         )
+        self.repo_index.put(replaced)
+        return replaced
 
     async def apply_buildconfig(
         self, doc: Any, *, namespace: str = metas.DEFAULT_NAMESPACE
@@ -151,11 +157,14 @@ class Engine:
             current = await self.store.get_buildconfig(config.namespace, config.name)
         except NotFound:
             created = await self.store.create_buildconfig(config)
+            self.repo_index.put(created)
             await self._on_created(created)
             return created, "created"
         if _user_part(current.raw) == _user_part(config.raw):
             return current, "unchanged"
-        return await self.store.replace_buildconfig(config), "configured"
+        replaced = await self.store.replace_buildconfig(config)
+        self.repo_index.put(replaced)
+        return replaced, "configured"
 
     async def _on_created(self, config: buildconfigs.BuildConfig) -> None:
         """A ConfigChange trigger starts the first build of a new config, as in OpenShift."""
@@ -179,6 +188,7 @@ class Engine:
             stores.BuildQuery(namespace=namespace, config_name=name)
         )
         await self.store.delete_buildconfig(namespace, name)
+        self.repo_index.remove(namespace, name)
         for build in doomed.builds:
             self.logs.delete(namespace, build.name)
 
@@ -193,6 +203,28 @@ class Engine:
             results.append(f"{config.namespace}/{config.name} {result}")
             log.info("%s: buildconfig %s/%s %s", source, config.namespace, config.name, result)
         return results
+
+    async def configs_for_repository(self, urls: Iterable[str]) -> list[buildconfigs.BuildConfig]:
+        """The stored configs whose git uri names one of ``urls`` (the org-wide hook route)."""
+        found = []
+        for namespace, name in self.repo_index.lookup(urls):
+            with contextlib.suppress(NotFound):
+                found.append(await self.store.get_buildconfig(namespace, name))
+        return found
+
+    def webhook_secret(self, hook: buildconfigs.WebHookTrigger) -> str | None:
+        """The trigger's secret: inline, or key WebHookSecretKey of the named secret."""
+        if hook.secret:
+            return hook.secret
+        return self.named_secret(hook.secret_reference)
+
+    def named_secret(self, name: str | None, key: str = "WebHookSecretKey") -> str | None:
+        if not name:
+            return None
+        secret = self.settings.secrets.get(name)
+        if secret is None:
+            return None
+        return secret.data.get(key)
 
     # Builds -------------------------------------------------------------------------------
     async def instantiate(self, namespace: str, name: str, request: requests.BuildRequest) -> Build:

@@ -50,9 +50,34 @@ WEBHOOK_KEYS: Mapping[TriggerType, str] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebHookTrigger:
+    """A webhook trigger: OpenShift's fields, then triggerd's optional filters.
+
+    The filters live beside ``secret`` in the same object (``github: {secret, branches}``);
+    OpenShift's own fields keep their meaning. Globs know ``*`` (which also matches ``/``)
+    and ``?``; brackets are literal.
+    """
+
     secret: str | None = None
     secret_reference: str | None = None
     allow_env: bool = False
+    #: branch name globs; empty: the BuildConfig's git ref (or the default branch)
+    branches: tuple[str, ...] = ()
+    #: tag name globs; empty: tag pushes start nothing
+    tags: tuple[str, ...] = ()
+    #: a push starts a build only when a changed file matches one of these (if any)...
+    paths: tuple[str, ...] = ()
+    #: ...and not every changed file matches one of these
+    ignore_paths: tuple[str, ...] = ()
+    #: commit author names/emails (globs) whose pushes start nothing (bot loops)
+    ignore_authors: tuple[str, ...] = ()
+    #: honour [skip ci] / [ci skip] in the head commit message
+    skip_ci: bool = True
+    #: Generic only: apply dockerStrategyOptions (buildArgs, noCache) from the payload
+    allow_strategy_options: bool = False
+    #: Generic only: header carrying an HMAC-SHA256 of the body keyed with the secret
+    hmac_header: str | None = None
+    #: Generic only: a second secret the caller must send as ``Authorization: Bearer``
+    bearer_secret_reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,14 +241,41 @@ def _parse_triggers(items: list[Any], fields: Fields) -> list[Trigger]:
         if key is not None:
             hook = fields.mapping(item, key, f"{path}.{key}")
             secret_ref = fields.mapping(hook, "secretReference", f"{path}.{key}.secretReference")
+            hpath = f"{path}.{key}"
+            bearer_ref = fields.mapping(
+                hook, "bearerSecretReference", f"{hpath}.bearerSecretReference"
+            )
             webhook = WebHookTrigger(
-                secret=fields.optional_string(hook, "secret", f"{path}.{key}.secret"),
+                secret=fields.optional_string(hook, "secret", f"{hpath}.secret"),
                 secret_reference=fields.optional_string(
-                    secret_ref, "name", f"{path}.{key}.secretReference.name"
+                    secret_ref, "name", f"{hpath}.secretReference.name"
                 ),
-                allow_env=fields.boolean(hook, "allowEnv", f"{path}.{key}.allowEnv"),
+                allow_env=fields.boolean(hook, "allowEnv", f"{hpath}.allowEnv"),
+                branches=_globs(hook, "branches", fields, hpath),
+                tags=_globs(hook, "tags", fields, hpath),
+                paths=_globs(hook, "paths", fields, hpath),
+                ignore_paths=_globs(hook, "ignorePaths", fields, hpath),
+                ignore_authors=_globs(hook, "ignoreAuthors", fields, hpath),
+                skip_ci=fields.boolean(hook, "skipCi", f"{hpath}.skipCi", default=True),
+                allow_strategy_options=fields.boolean(
+                    hook, "allowStrategyOptions", f"{hpath}.allowStrategyOptions"
+                ),
+                hmac_header=fields.optional_string(hook, "hmacHeader", f"{hpath}.hmacHeader"),
+                bearer_secret_reference=fields.optional_string(
+                    bearer_ref, "name", f"{hpath}.bearerSecretReference.name"
+                ),
             )
             if not webhook.secret and not webhook.secret_reference:
                 fields.error(f"{path}.{key}", "needs secret or secretReference")
         triggers.append(Trigger(type=trigger_type, webhook=webhook, raw=item))
     return triggers
+
+
+def _globs(doc: Doc, key: str, fields: Fields, path: str) -> tuple[str, ...]:
+    result: list[str] = []
+    for i, item in enumerate(fields.items(doc, key, f"{path}.{key}")):
+        if not isinstance(item, str) or not item:
+            fields.error(f"{path}.{key}[{i}]", "must be a non-empty string (a glob pattern)")
+        else:
+            result.append(item)
+    return tuple(result)

@@ -1,0 +1,267 @@
+"""Matching: which BuildConfigs a webhook event starts, and with what request (pure).
+
+Repository URLs are normalised (scheme, credentials, default ports, ``.git``, host case,
+scp-style ``git@host:org/repo``) so that the URL in a BuildConfig and the URLs in a payload
+compare equal. :class:`RepoIndex` maps normalised URLs to configs, so routing an event costs
+the same with 10,000 configs as with one. Each candidate trigger's filters then decide, and
+every refusal carries a reason the webhook answer reports (triggerd is never silent).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from triggerd import events
+from triggerd.model import specs
+from triggerd.model.buildconfigs import BuildConfig, Trigger, TriggerType, WebHookTrigger
+from triggerd.model.requests import BuildRequest
+
+_SCP = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+):(?P<path>(?!//)[^\s]+)$")
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
+#: GitHub sends at most 20 commits in a push payload; beyond that file lists are partial.
+_PAYLOAD_COMMIT_LIMIT = 20
+SKIP_CI_MARKERS = ("[skip ci]", "[ci skip]", "[no ci]")
+
+PROVIDER_TRIGGERS: Mapping[events.Provider, TriggerType] = {
+    events.Provider.GITHUB: TriggerType.GITHUB,
+    events.Provider.GITLAB: TriggerType.GITLAB,
+    events.Provider.BITBUCKET: TriggerType.BITBUCKET,
+    events.Provider.GENERIC: TriggerType.GENERIC,
+}
+#: OpenShift's spec.triggeredBy message and cause key per trigger type
+CAUSES: Mapping[TriggerType, tuple[str, str]] = {
+    TriggerType.GITHUB: ("GitHub WebHook", "githubWebHook"),
+    TriggerType.GITLAB: ("GitLab WebHook", "gitlabWebHook"),
+    TriggerType.BITBUCKET: ("Bitbucket WebHook", "bitbucketWebHook"),
+    TriggerType.GENERIC: ("Generic WebHook", "genericWebHook"),
+}
+
+
+def normalize_repo_url(url: str) -> str | None:
+    """``host[:port]/path`` without scheme, user, default port or ``.git``; None if no URL."""
+    text = url.strip()
+    if not text:
+        return None
+    if "://" not in text:
+        scp = _SCP.match(text)
+        if scp is None:
+            return None
+        host, port, path = scp.group("host"), None, scp.group("path")
+    else:
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            return None
+        if not parts.hostname:
+            return None
+        host, path = parts.hostname, parts.path
+        if port == _DEFAULT_PORTS.get(parts.scheme.lower()):
+            port = None
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    if not path:
+        return None
+    netloc = host.lower() + (f":{port}" if port else "")
+    return f"{netloc}/{path}"
+
+
+class RepoIndex:
+    """Normalised repository URL → the configs (namespace, name) that build it."""
+
+    def __init__(self) -> None:
+        self._by_url: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self._urls: dict[tuple[str, str], str] = {}
+
+    def put(self, config: BuildConfig) -> None:
+        key = (config.namespace, config.name)
+        self.remove(*key)
+        git = config.spec.source.git
+        url = normalize_repo_url(git.uri) if git else None
+        if url:
+            self._by_url[url].add(key)
+            self._urls[key] = url
+
+    def remove(self, namespace: str, name: str) -> None:
+        url = self._urls.pop((namespace, name), None)
+        if url is not None:
+            self._by_url[url].discard((namespace, name))
+            if not self._by_url[url]:
+                del self._by_url[url]
+
+    def lookup(self, urls: Iterable[str]) -> list[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for url in urls:
+            normalised = normalize_repo_url(url)
+            if normalised:
+                found |= self._by_url.get(normalised, set())
+        return sorted(found)
+
+    def __len__(self) -> int:
+        return len(self._urls)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    accepted: bool
+    reason: str = ""
+
+
+def webhook_triggers(config: BuildConfig, trigger_type: TriggerType) -> list[Trigger]:
+    return [t for t in config.triggers if t.type is trigger_type and t.webhook is not None]
+
+
+def evaluate_push(config: BuildConfig, hook: WebHookTrigger, push: events.GitPush) -> Verdict:
+    """Does this push, through this trigger, start a build of ``config``?"""
+    if config.paused:
+        return Verdict(accepted=False, reason=f"buildconfig {config.name} is paused")
+    if push.deleted or events.is_zero_sha(push.after):
+        return Verdict(accepted=False, reason=f"{push.ref_kind.value} {push.ref_name} was deleted")
+    ref_verdict = _match_ref(config, hook, push)
+    if not ref_verdict.accepted:
+        return ref_verdict
+    head = push.head_commit
+    if hook.skip_ci and head is not None:
+        lowered = head.message.lower()
+        marker = next((m for m in SKIP_CI_MARKERS if m in lowered), None)
+        if marker:
+            return Verdict(accepted=False, reason=f"head commit message contains {marker}")
+    if hook.ignore_authors:
+        people = [p for p in (head.author if head else None, push.pusher) if p is not None]
+        for person in people:
+            for pattern in hook.ignore_authors:
+                if _glob(person.name, pattern) or _glob(
+                    person.email, pattern
+                ):
+                    return Verdict(
+                        accepted=False, reason=f"author {person.name} is in ignoreAuthors"
+                    )
+    return _match_paths(hook, push)
+
+
+def _match_ref(config: BuildConfig, hook: WebHookTrigger, push: events.GitPush) -> Verdict:
+    name = push.ref_name
+    if push.ref_kind is events.RefKind.TAG:
+        if any(_glob(name, p) for p in hook.tags):
+            return Verdict(accepted=True)
+        git_ref = config.spec.source.git.ref if config.spec.source.git else ""
+        if git_ref in (name, f"refs/tags/{name}"):
+            return Verdict(accepted=True)
+        return Verdict(accepted=False, reason=f"tag {name} does not match the trigger's tags")
+    if hook.branches:
+        if any(_glob(name, p) for p in hook.branches):
+            return Verdict(accepted=True)
+        return Verdict(
+            accepted=False,
+            reason=f"branch {name} does not match branches {', '.join(hook.branches)}",
+        )
+    wanted = config.spec.source.git.ref if config.spec.source.git else ""
+    wanted = wanted.removeprefix("refs/heads/")
+    if not wanted:
+        if push.default_branch:
+            wanted = push.default_branch
+        elif name in ("main", "master"):
+            # No ref in the config and no default branch in the payload: take the usual
+            # default names rather than guessing wider.
+            return Verdict(accepted=True)
+        else:
+            return Verdict(
+                accepted=False,
+                reason=f"branch {name} is not the default branch (the config names no ref)",
+            )
+    if name == wanted:
+        return Verdict(accepted=True)
+    return Verdict(accepted=False, reason=f"branch {name} does not match the config's ref {wanted}")
+
+
+def _match_paths(hook: WebHookTrigger, push: events.GitPush) -> Verdict:
+    if not hook.paths and not hook.ignore_paths:
+        return Verdict(accepted=True)
+    changed = events.changed_paths(push)
+    if not changed or len(push.commits) >= _PAYLOAD_COMMIT_LIMIT:
+        # The payload does not list every changed file: building is the safe answer.
+        return Verdict(accepted=True)
+    if hook.paths and not any(_path_matches(p, hook.paths) for p in changed):
+        return Verdict(accepted=False, reason="no changed file matches the trigger's paths")
+    if hook.ignore_paths and all(_path_matches(p, hook.ignore_paths) for p in changed):
+        return Verdict(accepted=False, reason="every changed file matches ignorePaths")
+    return Verdict(accepted=True)
+
+
+def _glob(text: str, pattern: str) -> bool:
+    """``*`` and ``?`` wildcards only: brackets are literal, so ``*[bot]`` means bot accounts."""
+    escaped = "".join({"[": "[[]", "]": "[]]"}.get(c, c) for c in pattern)
+    return fnmatch.fnmatchcase(text, escaped)
+
+
+def _path_matches(path: str, patterns: Iterable[str]) -> bool:
+    return any(
+        _glob(path, p) or (p.endswith("/") and path.startswith(p)) for p in patterns
+    )
+
+
+def _user(person: events.Person | None) -> specs.SourceControlUser | None:
+    if person is None:
+        return None
+    return specs.SourceControlUser(name=person.name, email=person.email)
+
+
+def push_request(push: events.GitPush, trigger_type: TriggerType) -> BuildRequest:
+    """Build exactly the pushed commit, and record why (OpenShift's cause shape)."""
+    head = push.head_commit
+    revision = specs.SourceRevision(
+        commit=push.after,
+        author=_user(head.author) if head else None,
+        committer=_user(head.committer) if head else None,
+        message=head.message if head else "",
+    )
+    return BuildRequest(revision=revision, triggered_by=(_cause(trigger_type, revision),))
+
+
+def generic_request(event: events.GenericTrigger, hook: WebHookTrigger) -> BuildRequest:
+    """The request a Generic webhook asks for; env and strategy options only where allowed."""
+    revision = None
+    if event.commit or event.message or event.author:
+        revision = specs.SourceRevision(
+            commit=event.commit or "",
+            author=_user(event.author),
+            committer=_user(event.committer),
+            message=event.message or "",
+        )
+    env = tuple(specs.EnvVar(name=k, value=v) for k, v in event.env) if hook.allow_env else ()
+    allow = hook.allow_strategy_options
+    return BuildRequest(
+        revision=revision,
+        env=env,
+        build_args=tuple(specs.EnvVar(name=k, value=v) for k, v in event.build_args)
+        if allow
+        else (),
+        no_cache=event.no_cache if allow else None,
+        triggered_by=(_cause(TriggerType.GENERIC, revision),),
+    )
+
+
+def ignored_generic_options(event: events.GenericTrigger, hook: WebHookTrigger) -> list[str]:
+    """What the payload asked for that the trigger does not allow (reported to the caller)."""
+    ignored = []
+    if event.env and not hook.allow_env:
+        ignored.append("env (the trigger does not set allowEnv)")
+    if (event.build_args or event.no_cache is not None) and not hook.allow_strategy_options:
+        ignored.append("dockerStrategyOptions (the trigger does not set allowStrategyOptions)")
+    return ignored
+
+
+def _cause(trigger_type: TriggerType, revision: specs.SourceRevision | None) -> dict[str, Any]:
+    message, key = CAUSES[trigger_type]
+    # OpenShift records the secret as a placeholder, never the value.
+    detail: dict[str, Any] = {"secret": "<secret>"}
+    if revision is not None:
+        detail["revision"] = revision.to_dict()
+    return {"message": message, key: detail}
