@@ -62,7 +62,7 @@ start_git() {
     local repo=$demo/git/hello.git work=$demo/hello-work
     if [ ! -d "$repo" ]; then
         git init -q --bare -b main "$repo"
-        git -C "$repo" config uploadpack.allowReachableSHA1InWant true
+        git -C "$repo" config uploadpack.allowAnySHA1InWant true
         rm -rf "$work" && cp -r examples/hello "$work"
         git -C "$work" init -q -b main
         git -C "$work" add -A

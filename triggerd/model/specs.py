@@ -290,7 +290,7 @@ def _parse_strategy(doc: Doc, fields: Fields, path: str) -> BuildStrategy:
     declared = fields.string(doc, "type", f"{path}.type")
     docker_doc = fields.mapping(doc, "dockerStrategy", f"{path}.dockerStrategy")
     if not declared:
-        declared = StrategyType.DOCKER.value if docker_doc or not doc else ""
+        declared = StrategyType.DOCKER.value if "dockerStrategy" in doc or not doc else ""
         if not declared:
             fields.error(f"{path}.type", "is required")
             return BuildStrategy(type=StrategyType.DOCKER)
