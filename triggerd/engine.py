@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ ERROR_REASONS = frozenset(
     {Reason.SERVER_RESTARTED, Reason.BUILD_POD_DELETED, Reason.CANNOT_CREATE_BUILD_POD}
 )
 CONFIG_CHANGE_CAUSE = "Build configuration change"
+PAGE_SIZE = 500
 UNFINISHED = frozenset({Phase.NEW, Phase.PENDING, Phase.RUNNING})
 
 
@@ -178,19 +179,16 @@ class Engine:
         )
 
     async def delete_buildconfig(self, namespace: str, name: str) -> None:
-        page = await self.store.list_builds(
-            stores.BuildQuery(namespace=namespace, config_name=name, phases=UNFINISHED)
-        )
-        for build in page.builds:
+        unfinished = stores.BuildQuery(namespace=namespace, config_name=name, phases=UNFINISHED)
+        async for build in self.all_builds(unfinished):
             with contextlib.suppress(Conflict, NotFound):
                 await self.cancel_build(namespace, build.name)
-        doomed = await self.store.list_builds(
-            stores.BuildQuery(namespace=namespace, config_name=name)
-        )
+        everything = stores.BuildQuery(namespace=namespace, config_name=name)
+        doomed = [b.name async for b in self.all_builds(everything)]
         await self.store.delete_buildconfig(namespace, name)
         self.repo_index.remove(namespace, name)
-        for build in doomed.builds:
-            self.logs.delete(namespace, build.name)
+        for build_name in doomed:
+            self.logs.delete(namespace, build_name)
 
     async def load_buildconfig_files(self, paths: Iterable[Path]) -> list[str]:
         """Apply every BuildConfig in these files/folders; returns "<ns>/<name> <result>"."""
@@ -277,10 +275,14 @@ class Engine:
         limit = self.settings.queue_limit
         if not limit:
             return
-        page = await self.store.list_builds(stores.BuildQuery(phases=frozenset({Phase.NEW})))
+        # Only whether the queue is full matters, so read at most `limit` builds.
+        page = await self.store.list_builds(
+            stores.BuildQuery(phases=frozenset({Phase.NEW}), limit=limit)
+        )
         if len(page.builds) + adding > limit:
             raise TemporaryError(
-                f"the build queue is full ({len(page.builds)} builds waiting, limit {limit})",
+                f"the build queue is full (at least {len(page.builds)} builds waiting, "
+                f"limit {limit}); retry later",
                 delay=30.0,
             )
 
@@ -384,11 +386,14 @@ class Engine:
             config = await self.store.get_buildconfig(finished.namespace, finished.config_name)
         except NotFound:
             return
-        page = await self.store.list_builds(
-            stores.BuildQuery(namespace=config.namespace, config_name=config.name)
-        )
-        complete = [b for b in page.builds if b.phase is Phase.COMPLETE]
-        failed = [b for b in page.builds if b.phase in (Phase.FAILED, Phase.ERROR, Phase.CANCELLED)]
+        complete: list[Build] = []
+        failed: list[Build] = []
+        query = stores.BuildQuery(namespace=config.namespace, config_name=config.name)
+        async for b in self.all_builds(query):
+            if b.phase is Phase.COMPLETE:
+                complete.append(b)
+            elif b.phase in (Phase.FAILED, Phase.ERROR, Phase.CANCELLED):
+                failed.append(b)
         doomed = _oldest_beyond(complete, config.successful_builds_history_limit)
         doomed += _oldest_beyond(failed, config.failed_builds_history_limit)
         if doomed:
@@ -397,6 +402,19 @@ class Engine:
                 self.logs.delete(build.namespace, build.name)
 
     # Persistence helpers ------------------------------------------------------------------
+    async def all_builds(self, query: stores.BuildQuery) -> AsyncIterator[Build]:
+        """Every build matching ``query``, read page by page so memory stays bounded."""
+        token: str | None = None
+        while True:
+            page = await self.store.list_builds(
+                replace(query, limit=PAGE_SIZE, continue_token=token)
+            )
+            for build in page.builds:
+                yield build
+            token = page.continue_token
+            if not token:
+                return
+
     async def update(self, namespace: str, name: str, change: Callable[[Build], Build]) -> Build:
         async with self._lock(namespace, name):
             build = await self.store.get_build(namespace, name)

@@ -1,0 +1,154 @@
+"""The orchestrator with a real SQLite store and the fake executor: policies carried out,
+history pruned, ConfigChange triggers, recovery after a crash, the concurrency cap."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import buildconfig_doc
+from tests.fakes import FakeExecutor
+from tests.support.processes import async_wait_for
+from triggerd.engine import Engine
+from triggerd.logs import LogStore
+from triggerd.model.builds import Phase
+from triggerd.model.requests import BuildRequest
+from triggerd.settings import Settings
+from triggerd.store.base import BuildQuery
+from triggerd.store.sqlite import SqliteStore
+
+NS = "default"
+EngineFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
+    engines: list[Engine] = []
+
+    async def make(**settings: Any) -> tuple[Engine, FakeExecutor]:
+        logs = LogStore(tmp_path / "logs")
+        executor = FakeExecutor(logs)
+        engine = Engine(
+            settings=Settings(data_dir=tmp_path, **settings),
+            store=SqliteStore(tmp_path / "triggerd.db"),
+            executor=executor,
+            logs=logs,
+        )
+        await engine.start()
+        engines.append(engine)
+        return engine, executor
+
+    yield make
+    for engine in engines:
+        await engine.stop()
+
+
+async def phase(engine: Engine, name: str) -> Phase:
+    return (await engine.store.get_build(NS, name)).phase
+
+
+async def wait_phase(engine: Engine, name: str, wanted: Phase) -> None:
+    async def reached() -> bool:
+        return await phase(engine, name) is wanted
+
+    await async_wait_for(reached, timeout=10, what=f"{name} to be {wanted.value}")
+
+
+async def names(engine: Engine, config: str) -> list[str]:
+    page = await engine.store.list_builds(BuildQuery(namespace=NS, config_name=config))
+    return [b.name for b in page.builds]
+
+
+async def test_serial_latest_only_cancels_queued_builds_but_not_the_running_one(
+    make_engine: EngineFactory,
+) -> None:
+    engine, executor = await make_engine(max_concurrent_builds=5)
+    await engine.create_buildconfig(buildconfig_doc("slo", run_policy="SerialLatestOnly"))
+    await engine.instantiate(NS, "slo", BuildRequest())
+    await executor.wait_started(NS, "slo-1")
+    for _ in range(3):
+        await engine.instantiate(NS, "slo", BuildRequest())
+    await wait_phase(engine, "slo-2", Phase.CANCELLED)
+    await wait_phase(engine, "slo-3", Phase.CANCELLED)
+    assert await phase(engine, "slo-1") is Phase.RUNNING
+    assert await phase(engine, "slo-4") is Phase.NEW
+    executor.finish(NS, "slo-1")
+    await executor.wait_started(NS, "slo-4")
+    assert await phase(engine, "slo-1") is Phase.COMPLETE
+
+
+async def test_global_cap_holds_across_configs(make_engine: EngineFactory) -> None:
+    engine, executor = await make_engine(max_concurrent_builds=1)
+    for name in ("a", "b"):
+        await engine.create_buildconfig(buildconfig_doc(name))
+        await engine.instantiate(NS, name, BuildRequest())
+    await executor.wait_started(NS, "a-1")
+    assert await phase(engine, "b-1") is Phase.NEW
+    executor.finish(NS, "a-1")
+    await executor.wait_started(NS, "b-1")
+
+
+async def test_history_limits_prune_builds_and_logs(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    engine, executor = await make_engine(max_concurrent_builds=1)
+    doc = buildconfig_doc("h", successfulBuildsHistoryLimit=2, failedBuildsHistoryLimit=1)
+    await engine.create_buildconfig(doc)
+    for n in range(1, 6):
+        await engine.instantiate(NS, "h", BuildRequest())
+        await executor.wait_started(NS, f"h-{n}")
+        if n % 2:
+            executor.finish(NS, f"h-{n}")
+        else:
+            executor.fail(NS, f"h-{n}")
+        await wait_phase(engine, f"h-{n}", Phase.COMPLETE if n % 2 else Phase.FAILED)
+
+    async def pruned() -> bool:
+        return await names(engine, "h") == ["h-3", "h-4", "h-5"]
+
+    await async_wait_for(pruned, timeout=10, what="history pruned")
+    assert not (tmp_path / "logs" / NS / "h-1.log").exists()
+    assert (tmp_path / "logs" / NS / "h-5.log").exists()
+
+
+async def test_config_change_trigger_starts_the_first_build(make_engine: EngineFactory) -> None:
+    engine, executor = await make_engine()
+    await engine.create_buildconfig(buildconfig_doc("cc", triggers=[{"type": "ConfigChange"}]))
+    await executor.wait_started(NS, "cc-1")
+    build = await engine.store.get_build(NS, "cc-1")
+    assert build.triggered_by[0]["message"] == "Build configuration change"
+    # applying the same document again changes nothing and starts nothing
+    _, result = await engine.apply_buildconfig(
+        buildconfig_doc("cc", triggers=[{"type": "ConfigChange"}])
+    )
+    assert result == "unchanged"
+    assert await names(engine, "cc") == ["cc-1"]
+
+
+async def test_builds_left_running_by_a_crash_end_as_error(make_engine: EngineFactory) -> None:
+    engine, executor = await make_engine()
+    await engine.create_buildconfig(buildconfig_doc("crash"))
+    await engine.instantiate(NS, "crash", BuildRequest())
+    await executor.wait_started(NS, "crash-1")
+    # A second engine on the same database is what a restart after kill -9 sees.
+    second, _ = await make_engine()
+    build = await second.store.get_build(NS, "crash-1")
+    assert build.phase is Phase.ERROR
+    assert build.status.reason == "ServerRestarted"
+    assert build.status.completion_timestamp is not None
+
+
+async def test_cancel_of_queued_build_and_delete_of_config(make_engine: EngineFactory) -> None:
+    engine, executor = await make_engine(max_concurrent_builds=1)
+    await engine.create_buildconfig(buildconfig_doc("d"))
+    await engine.instantiate(NS, "d", BuildRequest())
+    await engine.instantiate(NS, "d", BuildRequest())
+    await executor.wait_started(NS, "d-1")
+    cancelled = await engine.cancel_build(NS, "d-2")
+    assert cancelled.phase is Phase.CANCELLED
+    await engine.delete_buildconfig(NS, "d")
+    assert (NS, "d-1") in executor.cancel_calls
+    assert await names(engine, "d") == []
