@@ -1,0 +1,213 @@
+"""Instantiate, list (selectors, pages), read, cancel by PATCH and delete Builds over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.processes import async_wait_for
+from tests.web.conftest import Env
+from tests.web.test_buildconfigs import status_of
+
+MERGE = "application/merge-patch+json"
+CANCEL = {"status": {"cancelled": True}}
+
+
+async def phase(env: Env, name: str) -> str:
+    return str((await env.build(name))["status"]["phase"])
+
+
+async def wait_phase(env: Env, name: str, wanted: str) -> None:
+    async def reached() -> bool:
+        return await phase(env, name) == wanted
+
+    await async_wait_for(reached, timeout=10, what=f"{name} {wanted}")
+
+
+async def names(env: Env, params: dict[str, str] | None = None) -> list[str]:
+    response = await env.call("GET", "builds", params=params)
+    assert response.status == 200, await response.text()
+    return [b["metadata"]["name"] for b in (await response.json())["items"]]
+
+
+async def test_instantiate_numbers_builds_and_answers_201(env: Env) -> None:
+    await env.create_bc()
+    first = await env.start()
+    assert first["kind"] == "Build"
+    assert first["metadata"]["name"] == "app-1"
+    assert first["metadata"]["labels"]["openshift.io/build-config.name"] == "app"
+    assert first["status"]["phase"] == "New"
+    second = await env.start(body={"kind": "BuildRequest", "metadata": {"name": "app"}})
+    assert second["metadata"]["name"] == "app-2"
+    # The 201 came after the store returned: the build is readable at once.
+    assert (await env.build("app-2"))["metadata"]["uid"] == second["metadata"]["uid"]
+    bc = await (await env.call("GET", "buildconfigs/app")).json()
+    assert bc["status"]["lastVersion"] == 2
+
+
+async def test_instantiate_with_overrides_and_yaml(env: Env) -> None:
+    await env.create_bc()
+    text = (
+        "kind: BuildRequest\napiVersion: build.openshift.io/v1\nmetadata: {name: app}\n"
+        "revision: {type: Git, git: {commit: 0123abcd}}\n"
+        "env: [{name: A, value: '1'}]\n"
+    )
+    response = await env.call(
+        "POST", "buildconfigs/app/instantiate", data=text, content_type="application/yaml"
+    )
+    assert response.status == 201, await response.text()
+    build = await response.json()
+    assert build["spec"]["revision"]["git"]["commit"] == "0123abcd"
+    assert {"name": "A", "value": "1"} in build["spec"]["strategy"]["dockerStrategy"]["env"]
+
+
+async def test_invalid_build_request_changes_nothing(env: Env) -> None:
+    await env.create_bc()
+    before = await env.snapshot()
+    body = {"kind": "BuildRequest", "revision": {"git": {"commit": "not-hex!"}}}
+    response = await env.call("POST", "buildconfigs/app/instantiate", json=body)
+    assert response.status == 422
+    payload = await response.json()
+    status_of(payload, 422, "Invalid")
+    assert [c["field"] for c in payload["details"]["causes"]] == ["revision.git.commit"]
+    assert await env.snapshot() == before
+
+
+async def test_label_selector_filters(env: Env) -> None:
+    await env.create_bc("web")
+    await env.create_bc("api")
+    await env.start("web")
+    await env.start("api")
+    await env.start("api", body={"metadata": {"labels": {"tier": "backend"}}})
+    assert await names(env) == ["api-1", "api-2", "web-1"]
+    assert await names(env, {"labelSelector": "buildconfig=web"}) == ["web-1"]
+    assert await names(env, {"labelSelector": "openshift.io/build-config.name==api"}) == [
+        "api-1",
+        "api-2",
+    ]
+    assert await names(env, {"labelSelector": "buildconfig!=api"}) == ["web-1"]
+    assert await names(env, {"labelSelector": "tier"}) == ["api-2"]
+    assert await names(env, {"labelSelector": "!tier,buildconfig in (api,web)"}) == [
+        "api-1",
+        "web-1",
+    ]
+    assert await names(env, {"labelSelector": "buildconfig notin (web)"}) == ["api-1", "api-2"]
+    response = await env.call("GET", "builds", params={"labelSelector": "a in (x"})
+    assert response.status == 400
+    assert "labelSelector" in (await response.json())["message"]
+    configs = await env.call("GET", "buildconfigs", params={"labelSelector": "nothing=here"})
+    assert (await configs.json())["items"] == []
+
+
+async def test_pagination(env: Env) -> None:
+    await env.create_bc()
+    for _ in range(5):
+        await env.start()
+    seen: list[str] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "2"} | ({"continue": token} if token else {})
+        response = await env.call("GET", "builds", params=params)
+        body: dict[str, Any] = await response.json()
+        assert body["kind"] == "BuildList"
+        assert body["metadata"]["resourceVersion"]
+        seen += [b["metadata"]["name"] for b in body["items"]]
+        pages += 1
+        token = body["metadata"].get("continue")
+        if not token:
+            break
+    assert seen == [f"app-{n}" for n in range(1, 6)]
+    assert pages == 3
+    for bad in ({"limit": "-1"}, {"limit": "x"}, {"continue": "garbage"}):
+        response = await env.call("GET", "builds", params=bad)
+        assert response.status == 400, bad
+        status_of(await response.json(), 400, "BadRequest")
+
+
+async def test_patch_cancels_a_new_build(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    await env.start()
+    await env.executor.wait_started("default", "app-1")
+    assert await phase(env, "app-2") == "New"  # Serial: waits behind app-1
+    for content_type in (MERGE, "application/strategic-merge-patch+json", "application/json"):
+        response = await env.call("PATCH", "builds/app-2", json=CANCEL, content_type=content_type)
+        assert response.status == 200, await response.text()
+        build = await response.json()
+        assert build["status"]["phase"] == "Cancelled"
+        assert build["status"]["cancelled"] is True
+    assert await phase(env, "app-2") == "Cancelled"
+
+
+async def test_patch_cancels_a_running_build(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    await env.executor.wait_started("default", "app-1")
+    response = await env.call("PATCH", "builds/app-1", json=CANCEL, content_type=MERGE)
+    assert response.status == 200
+    await wait_phase(env, "app-1", "Cancelled")
+    assert ("default", "app-1") in env.executor.cancel_calls
+
+
+async def test_cancel_of_a_finished_build_conflicts(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    env.executor.finish("default", "app-1")
+    await wait_phase(env, "app-1", "Complete")
+    response = await env.call("PATCH", "builds/app-1", json=CANCEL, content_type=MERGE)
+    assert response.status == 409
+    status_of(await response.json(), 409, "Conflict")
+
+
+async def test_unsupported_patches(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    await env.executor.wait_started("default", "app-1")  # settled: nothing moves by itself
+    before = await env.snapshot()
+    cases: list[tuple[Any, str]] = [
+        ({"spec": {"output": {"to": {"name": "x"}}}}, "spec.output.to.name"),
+        ({"status": {"phase": "Complete"}}, "status.phase"),
+        ({"status": {"cancelled": False}}, "status.cancelled"),
+        ({"metadata": {"labels": {"a": "b"}}, "status": {"cancelled": True}}, "metadata.labels.a"),
+    ]
+    for patch, field in cases:
+        response = await env.call("PATCH", "builds/app-1", json=patch, content_type=MERGE)
+        assert response.status == 422, patch
+        body = await response.json()
+        status_of(body, 422, "Invalid")
+        assert field in [c["field"] for c in body["details"]["causes"]]
+    response = await env.call(
+        "PATCH", "builds/app-1", json=[{"op": "add"}], content_type="application/json-patch+json"
+    )
+    assert response.status == 415
+    response = await env.call("PATCH", "builds/app-1", data="{", content_type=MERGE)
+    assert response.status == 400
+    assert await env.snapshot() == before
+    response = await env.call("PATCH", "builds/nope", json=CANCEL, content_type=MERGE)
+    assert response.status == 404
+
+
+async def test_delete_build(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    await env.start()
+    await env.executor.wait_started("default", "app-1")
+    response = await env.call("DELETE", "builds/app-2")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "Success" and body["details"]["name"] == "app-2"
+    assert await names(env) == ["app-1"]
+    response = await env.call("DELETE", "builds/app-1")  # running: cancelled first
+    assert response.status == 200
+    assert ("default", "app-1") in env.executor.cancel_calls
+    assert await names(env) == []
+    assert not env.logs.exists("default", "app-1")
+    assert (await env.call("DELETE", "builds/app-1")).status == 404
+
+
+async def test_delete_buildconfig_takes_its_builds(env: Env) -> None:
+    await env.create_bc()
+    await env.start()
+    await env.start()
+    assert (await env.call("DELETE", "buildconfigs/app")).status == 200
+    assert await names(env) == []

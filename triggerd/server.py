@@ -1,0 +1,188 @@
+"""The composition root of ``triggerd serve``: builds every component and runs the server.
+
+From :class:`triggerd.settings.Settings` it makes the SQLite store
+(``<dataDir>/triggerd.db``), the log store (``<dataDir>/logs``), the local executor
+(workspaces in ``<dataDir>/workspaces``), the engine and the web application (REST API and
+webhook routes), then serves on ``settings.listen``. SIGHUP re-applies the BuildConfig
+files (a bad file is logged and the configs already loaded stay); SIGTERM/SIGINT stop
+accepting connections, let in-flight requests finish and stop the engine. When no API
+token is configured it generates one, keeps it in ``<dataDir>/api-token`` (mode 0600) and
+logs where — never the token itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import stat
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from triggerd import errors
+from triggerd.engine import Engine
+from triggerd.settings import Settings
+from triggerd.web.app import make_app
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
+DATABASE_FILE = "triggerd.db"
+#: How long in-flight requests get to finish after SIGTERM before they are cut off.
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+def token_path(data_dir: Path) -> Path:
+    return data_dir / TOKEN_FILE
+
+
+def ensure_api_token(data_dir: Path) -> str:
+    """The generated API token: read from the token file, or created there (mode 0600)."""
+    path = token_path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            # Someone loosened it; a token readable by others is as good as published.
+            path.chmod(0o600)
+            log.warning("%s was readable by others; its mode is now 0600", path)
+        log.info("API token stored in %s", path)
+        return existing
+    token = secrets.token_urlsafe(32)
+    # Write a temporary file created 0600 (not chmod after the fact, which leaves a window),
+    # then rename, so a crash never leaves a half-written token behind.
+    temporary = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    log.info("API token stored in %s", path)
+    return token
+
+
+def build_components(settings: Settings) -> tuple[Engine, web.Application]:
+    """Every component for ``settings``, wired; nothing started yet."""
+    if settings.store != "sqlite":
+        raise errors.PermanentError(f"store {settings.store!r} is not available in this server")
+    if settings.executor != "local":
+        raise errors.PermanentError(
+            f"executor {settings.executor!r} is not available in this server"
+        )
+    # Imported here so `triggerd get builds` and friends never load executor machinery.
+    from triggerd.executors.local import LocalExecutor
+    from triggerd.logs import LogStore
+    from triggerd.store.sqlite import SqliteStore
+    from triggerd.web import webhooks
+
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = settings.api_tokens or (ensure_api_token(data_dir),)
+    store = SqliteStore(data_dir / DATABASE_FILE)
+    logs = LogStore(data_dir / "logs")
+    executor = LocalExecutor(settings, logs, data_dir / "workspaces")
+    engine = Engine(settings=settings, store=store, executor=executor, logs=logs)
+    app = make_app(
+        engine,
+        logs,
+        dataclasses.replace(settings, api_tokens=tokens),
+        extra_routes=webhooks.ROUTES,
+    )
+    return engine, app
+
+
+async def reload_buildconfigs(engine: Engine, settings: Settings) -> None:
+    """SIGHUP: apply the BuildConfig files again; on errors keep what is loaded."""
+    if not settings.build_configs:
+        log.info("SIGHUP: no buildConfigs configured, nothing to reload")
+        return
+    try:
+        results = await engine.load_buildconfig_files(settings.build_configs)
+    except errors.TriggerdError as e:
+        log.error("SIGHUP: reloading BuildConfigs failed, keeping the loaded ones: %s", e)
+    except Exception:
+        log.exception("SIGHUP: reloading BuildConfigs failed, keeping the loaded ones")
+    else:
+        log.info("SIGHUP: reloaded %d BuildConfigs", len(results))
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    engine, app = build_components(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        # Handlers are not cancelled when a client disconnects (aiohttp's default, said
+        # explicitly): a write the client gave up on still completes, and log followers
+        # notice a vanished client themselves.
+        handler_cancellation=False,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        access_log_class=RouteAccessLogger,
+    )
+    await runner.setup()  # starts the engine (recovery included) before anyone can connect
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_buildconfigs(engine, settings))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("triggerd listening on http://%s:%d", settings.host, settings.port)
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests")
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in list(reloads):
+            task.cancel()
+        # Closes the listener, awaits in-flight requests, then stops the engine (on_cleanup).
+        await runner.cleanup()
+    log.info("triggerd stopped")
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """Access log by route template: webhook URLs carry their secret in the path (as in
+    OpenShift), so the raw request line must not reach the log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = "unmatched"
+        match_info = getattr(request, "match_info", None)
+        if match_info is not None and match_info.http_exception is None:
+            resource = match_info.route.resource
+            route = resource.canonical if resource is not None else route
+        self.logger.info(
+            "%s %s %s %d %.3fs",
+            request.remote,
+            request.method,
+            route,
+            response.status,
+            time,
+        )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
