@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triggerd import lifecycle, manifests, matching, metrics, scheduling
-from triggerd.errors import Conflict, NotFound, TemporaryError
+from triggerd.errors import Conflict, NotFound, QueueFull
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
@@ -265,6 +265,17 @@ class Engine:
         await self.executor.cancel(namespace, name)
         return build
 
+    async def delete_build(self, namespace: str, name: str) -> Build:
+        """Delete a build and its log; an unfinished one is cancelled (stopped) first."""
+        build = await self.store.get_build(namespace, name)
+        if not build.phase.terminal:
+            with contextlib.suppress(Conflict):
+                await self.cancel_build(namespace, name)
+        await self.store.delete_builds(namespace, [name])
+        self.logs.delete(namespace, name)
+        await self._notify()
+        return build
+
     async def wait_for_change(self, within: float) -> None:
         """Return after any build changed, or after ``within`` seconds."""
         async with self._changed:
@@ -280,7 +291,7 @@ class Engine:
             stores.BuildQuery(phases=frozenset({Phase.NEW}), limit=limit)
         )
         if len(page.builds) + adding > limit:
-            raise TemporaryError(
+            raise QueueFull(
                 f"the build queue is full (at least {len(page.builds)} builds waiting, "
                 f"limit {limit}); retry later",
                 delay=30.0,

@@ -94,5 +94,9 @@ class TemporaryError(TriggerdError):
         self.delay = delay
 
 
+class QueueFull(TemporaryError):
+    """The build queue is at its configured limit (maps to 429 with Retry-After)."""
+
+
 class PermanentError(TriggerdError):
     """A failure that retrying will not mend."""

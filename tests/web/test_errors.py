@@ -1,4 +1,4 @@
-"""Errors that are not the caller's fault: 503 with Retry-After, and a bare 500 for bugs."""
+"""Errors that are not the caller's fault: 429/503 with Retry-After, and a bare 500 for bugs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from triggerd import errors
 from triggerd.web import errors as web_errors
 
 
-async def test_full_queue_is_503_with_retry_after(
+async def test_full_queue_is_429_with_retry_after(
     tmp_path: Path, aiohttp_client: AiohttpClient
 ) -> None:
     app, _, executor, _ = make_env_app(tmp_path, queue_limit=1)
@@ -31,10 +31,10 @@ async def test_full_queue_is_503_with_retry_after(
     await executor.wait_started(NS, "app-1")
     assert (await client.post(instantiate, headers=auth)).status == 201  # queued: New
     response = await client.post(instantiate, headers=auth)
-    assert response.status == 503
+    assert response.status == 429
     assert response.headers["Retry-After"] == "30"
     body = await response.json()
-    status_of(body, 503, "ServiceUnavailable")
+    status_of(body, 429, "TooManyRequests")
     assert body["details"]["retryAfterSeconds"] == 30
     listed = await (await client.get(f"{base}/builds", headers=auth)).json()
     assert [b["metadata"]["name"] for b in listed["items"]] == ["app-1", "app-2"]

@@ -364,15 +364,7 @@ async def delete_build(request: web.Request) -> web.Response:
     """Delete a Build (an unfinished one is cancelled first) and its log."""
     namespace = namespace_of(request)
     name = request.match_info["name"]
-    engine = request.app[ENGINE]
-    build = await engine.store.get_build(namespace, name)
-    if not build.phase.terminal:
-        # Stop the work before its record goes; an already finished build makes this Conflict.
-        with contextlib.suppress(errors.Conflict):
-            await engine.cancel_build(namespace, name)
-    # The engine offers no delete_build; the store's pruning call deletes by name.
-    await engine.store.delete_builds(namespace, [name])
-    request.app[LOGS].delete(namespace, name)
+    build = await request.app[ENGINE].delete_build(namespace, name)
     return web_errors.success(name=name, kind="builds", group=group_of(request), uid=build.meta.uid)
 
 

@@ -46,6 +46,7 @@ _MAPPINGS: tuple[tuple[type[errors.TriggerdError], _Mapping], ...] = (
     (errors.BadSignature, _Mapping(401, "Unauthorized")),
     (errors.PayloadTooLarge, _Mapping(413, "RequestEntityTooLarge")),
     (errors.UnsupportedMediaType, _Mapping(415, "UnsupportedMediaType")),
+    (errors.QueueFull, _Mapping(429, "TooManyRequests")),
     (errors.TemporaryError, _Mapping(503, "ServiceUnavailable")),
     (errors.PermanentError, _Mapping(500, "InternalError")),
 )
