@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from triggerd import lifecycle, manifests, matching, metrics, scheduling
+from triggerd import lifecycle, manifests, matching, metrics, policies, scheduling
 from triggerd.errors import Conflict, NotFound, QueueFull
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
+from triggerd.model.buildconfigs import RunPolicy
 from triggerd.model.builds import Build, Phase, Reason
 from triggerd.model.specs import SourceRevision
 from triggerd.settings import Settings
@@ -39,6 +40,7 @@ ERROR_REASONS = frozenset(
 CONFIG_CHANGE_CAUSE = "Build configuration change"
 PAGE_SIZE = 500
 UNFINISHED = frozenset({Phase.NEW, Phase.PENDING, Phase.RUNNING})
+ACTIVE = frozenset({Phase.PENDING, Phase.RUNNING})
 
 
 class LogSink(Protocol):
@@ -247,6 +249,9 @@ class Engine:
         ]
         result = await self.store.instantiate(new, delivery=delivery)
         if not result.duplicate and result.builds:
+            for build in result.builds:
+                if policies.policy_of(build) is RunPolicy.SERIAL_LATEST_ONLY:
+                    await self._supersede(build)
             self.wake()
             await self._notify()
         return result
@@ -299,22 +304,68 @@ class Engine:
 
     # Scheduling ---------------------------------------------------------------------------
     async def _schedule_forever(self) -> None:
+        full = True  # the first pass after a start looks at everything once
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self.schedule_once()
+                await (self.schedule_everything() if full else self.schedule_once())
+                full = False
             except Exception:
                 # One bad pass must not stop every future build; the next wake retries.
                 log.exception("scheduling pass failed")
                 await asyncio.sleep(1.0)
                 self.wake()
 
-    async def schedule_once(self) -> scheduling.Decision:
-        page = await self.store.list_builds(stores.BuildQuery(phases=UNFINISHED))
-        unfinished = list(page.builds)
+    async def schedule_everything(self) -> scheduling.Decision:
+        """One pass over every unfinished build: after a start, where a crash may have left
+        queued builds a SerialLatestOnly config should have cancelled."""
+        unfinished = [b async for b in self.all_builds(stores.BuildQuery(phases=UNFINISHED))]
         decision = scheduling.decide(unfinished, max_concurrent=self.settings.max_concurrent_builds)
         metrics.QUEUE_DEPTH.set(scheduling.queue_depth(unfinished))
+        await self._carry_out(decision)
+        return decision
+
+    async def schedule_once(self) -> scheduling.Decision:
+        """A pass that costs the same however long the queue is.
+
+        Only the active builds, the queue summary and, for the configs whose queues are
+        oldest, their first few New builds are read. A config without an active build
+        always has a startable build and at most ``len(active)`` configs have one, so the
+        oldest ``len(active) + free`` queues hold a build for every free slot if any exists.
+        """
+        summary = await self.store.queue_summary()
+        metrics.QUEUE_DEPTH.set(summary.total)
+        active = [b async for b in self.all_builds(stores.BuildQuery(phases=ACTIVE))]
+        free = self.settings.max_concurrent_builds - len(active)
+        if free <= 0 or not summary.configs:
+            metrics.BUILDS_ACTIVE.set(len(active))
+            return scheduling.Decision()
+        candidates = list(active)
+        whole: set[tuple[str, str]] = set()
+        for namespace, config in summary.configs[: len(active) + free]:
+            page = await self.store.list_builds(
+                stores.BuildQuery(
+                    namespace=namespace,
+                    config_name=config,
+                    phases=frozenset({Phase.NEW}),
+                    limit=free + 1,
+                )
+            )
+            candidates.extend(page.builds)
+            if page.continue_token is None:
+                whole.add((namespace, config))
+        decision = scheduling.decide(candidates, max_concurrent=self.settings.max_concurrent_builds)
+        # Cancelling needs a config's whole queue in view (the newest build survives);
+        # start_builds supersedes at creation, so a partial view only defers this.
+        decision = replace(
+            decision,
+            cancel=tuple(b for b in decision.cancel if (b.namespace, b.config_name) in whole),
+        )
+        await self._carry_out(decision)
+        return decision
+
+    async def _carry_out(self, decision: scheduling.Decision) -> None:
         for build in decision.cancel:
             with contextlib.suppress(Conflict, NotFound):
                 await self.cancel_build(build.namespace, build.name)
@@ -331,7 +382,21 @@ class Engine:
                 continue
             self._spawn(pending)
         metrics.BUILDS_ACTIVE.set(len(self._running))
-        return decision
+
+    async def _supersede(self, newest: Build) -> None:
+        """SerialLatestOnly: a new build cancels the older queued builds of its config at
+        once, so queues of such configs stay one build long."""
+        page = await self.store.list_builds(
+            stores.BuildQuery(
+                namespace=newest.namespace,
+                config_name=newest.config_name,
+                phases=frozenset({Phase.NEW}),
+            )
+        )
+        for build in policies.SUPERSEDED[RunPolicy.SERIAL_LATEST_ONLY](page.builds):
+            if build.number < newest.number:
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.cancel_build(build.namespace, build.name)
 
     def _spawn(self, build: Build) -> None:
         key = (build.namespace, build.name)

@@ -70,6 +70,15 @@ class Page:
     resource_version: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSummary:
+    """What waits to start: the number of New builds, and the configs that have any,
+    ordered by their oldest New build (the scheduler's fairness order)."""
+
+    total: int
+    configs: tuple[tuple[str, str], ...]
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Create or migrate the schema; must be called once before use."""
@@ -111,6 +120,9 @@ class Store(Protocol):
         created originally with ``duplicate=True``. Concurrent calls with the same delivery
         key never both create builds.
         """
+
+    async def queue_summary(self) -> QueueSummary:
+        """The New builds in summary, cheaply (the scheduler asks on every pass)."""
 
     async def get_build(self, namespace: str, name: str) -> Build:
         """Raise NotFound when absent."""

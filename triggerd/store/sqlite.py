@@ -40,8 +40,8 @@ from triggerd.errors import (
 from triggerd.model import buildconfigs, builds
 from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig
-from triggerd.model.builds import Build
-from triggerd.store.base import BuildQuery, Delivery, Instantiated, NewBuild, Page
+from triggerd.model.builds import Build, Phase
+from triggerd.store.base import BuildQuery, Delivery, Instantiated, NewBuild, Page, QueueSummary
 
 T = TypeVar("T")
 
@@ -139,10 +139,17 @@ def _migrate_2_deliveries(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_3_queue_index(conn: sqlite3.Connection) -> None:
+    # The scheduler's queue summary (configs with New builds, oldest first) from the index
+    # alone, without reading the large rows of a long queue.
+    conn.execute("CREATE INDEX builds_queue ON builds (phase, namespace, config_name, created)")
+
+
 #: Index i upgrades version i to i + 1; the code's schema version is the length.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_1_core,
     _migrate_2_deliveries,
+    _migrate_3_queue_index,
 ]
 
 
@@ -423,6 +430,20 @@ class SqliteStore:
             return Instantiated(builds=made)
 
         return await self._write(write)
+
+    async def queue_summary(self) -> QueueSummary:
+        def read(conn: sqlite3.Connection) -> QueueSummary:
+            rows = conn.execute(
+                "SELECT namespace, config_name, COUNT(*), MIN(created) FROM builds"
+                " WHERE phase = ? GROUP BY namespace, config_name ORDER BY MIN(created)",
+                (Phase.NEW.value,),
+            ).fetchall()
+            return QueueSummary(
+                total=sum(row[2] for row in rows),
+                configs=tuple((row[0], row[1]) for row in rows),
+            )
+
+        return await self._read(read)
 
     async def get_build(self, namespace: str, name: str) -> Build:
         def read(conn: sqlite3.Connection) -> Build:

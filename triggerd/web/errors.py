@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from triggerd import errors
+from triggerd.web import metrics as web_metrics
 
 log = logging.getLogger(__name__)
 
@@ -172,5 +173,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         # (Streaming handlers catch their own errors once headers are sent: a status
         # cannot be changed then.)
-        log.exception("unexpected error serving %s %s", request.method, request.path)
+        # The route template, never the path: webhook paths carry their secret.
+        log.exception(
+            "unexpected error serving %s %s", request.method, web_metrics.route_label(request)
+        )
         return internal_error()
