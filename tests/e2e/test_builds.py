@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.server import API, TriggerdServer, elapsed
-from tests.support.gitrepo import GitRepoFactory
+from tests.support.gitrepo import GitRepo, GitRepoFactory
 from tests.support.processes import wait_for
 from tests.support.registry import Registry
 
@@ -55,6 +55,27 @@ def buildah_processes() -> list[str]:
         for line in out.splitlines()[1:]
         if " buildah " in f" {line} " or line.split(None, 1)[-1].startswith("buildah")
     ]
+
+
+def start_sleeping_build(
+    server: TriggerdServer,
+    registry: Registry,
+    git_repo_factory: GitRepoFactory,
+    base_image: str,
+    name: str,
+) -> tuple[GitRepo, str]:
+    """A build whose RUN step sleeps for minutes, returned once that step runs."""
+    repo = git_repo_factory(
+        f"e2e-{name}",
+        {
+            "Dockerfile": dockerfile(base_image, run="echo sleeping && sleep 300"),
+            "app.txt": "x\n",
+        },
+    )
+    server.apply(config(name, repo.git_url, registry.ref(f"e2e/{name}")))
+    build = server.start_build(name)
+    server.wait_build(build, until=lambda b: "sleeping" in server.log(build), timeout=60)
+    return repo, build
 
 
 def test_build_from_git_lands_in_registry_and_rebuild_uses_cache(
@@ -161,16 +182,7 @@ def test_cancel_running_build_stops_every_process(
     git_repo_factory: GitRepoFactory,
     base_image: str,
 ) -> None:
-    repo = git_repo_factory(
-        "e2e-cancel",
-        {
-            "Dockerfile": dockerfile(base_image, run="echo sleeping && sleep 300"),
-            "app.txt": "x\n",
-        },
-    )
-    triggerd.apply(config("sleepy", repo.git_url, registry.ref("e2e/sleepy")))
-    name = triggerd.start_build("sleepy")
-    triggerd.wait_build(name, until=lambda b: "sleeping" in triggerd.log(name), timeout=60)
+    _, name = start_sleeping_build(triggerd, registry, git_repo_factory, base_image, "sleepy")
     started = time.monotonic()
     status, _ = triggerd.request(
         "PATCH",
@@ -214,16 +226,7 @@ def test_crash_during_build_ends_it_as_error_and_new_builds_run(
     git_repo_factory: GitRepoFactory,
     base_image: str,
 ) -> None:
-    repo = git_repo_factory(
-        "e2e-crash",
-        {
-            "Dockerfile": dockerfile(base_image, run="echo sleeping && sleep 300"),
-            "app.txt": "x\n",
-        },
-    )
-    triggerd.apply(config("crashy", repo.git_url, registry.ref("e2e/crashy")))
-    name = triggerd.start_build("crashy")
-    triggerd.wait_build(name, until=lambda b: b["status"]["phase"] == "Running", timeout=60)
+    repo, name = start_sleeping_build(triggerd, registry, git_repo_factory, base_image, "crashy")
     triggerd.kill()
     wait_for(lambda: not buildah_processes(), timeout=10, what="orphaned buildah to die")
     triggerd.start()

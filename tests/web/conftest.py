@@ -3,7 +3,7 @@ the fake executor, driven through aiohttp's test client on 127.0.0.1."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from triggerd.logs import LogStore
 from triggerd.settings import Settings
 from triggerd.store.sqlite import SqliteStore
 from triggerd.web.app import make_app
+from triggerd.web.openapi import Endpoint
 
 TOKEN = "test-token-0123456789"
 BODY_LIMIT = 64 * 1024
@@ -93,7 +94,9 @@ class Env:
         return configs["items"], builds["items"]
 
 
-def make_env_app(tmp_path: Path, **settings: Any) -> tuple[Any, Engine, FakeExecutor, LogStore]:
+def make_env_app(
+    tmp_path: Path, *, extra_routes: Iterable[Endpoint] = (), **settings: Any
+) -> tuple[Any, Engine, FakeExecutor, LogStore]:
     options: dict[str, Any] = {
         "data_dir": tmp_path,
         "api_tokens": (TOKEN,),
@@ -110,7 +113,7 @@ def make_env_app(tmp_path: Path, **settings: Any) -> tuple[Any, Engine, FakeExec
         executor=executor,
         logs=logs,
     )
-    return make_app(engine, logs, config), engine, executor, logs
+    return make_app(engine, logs, config, extra_routes=extra_routes), engine, executor, logs
 
 
 @pytest.fixture

@@ -20,20 +20,16 @@ from pytest_aiohttp import AiohttpClient
 
 from tests.factories import buildconfig_doc
 from tests.fakes import FakeExecutor
+from tests.web.conftest import make_env_app
 from triggerd.engine import Engine
 from triggerd.intake import signatures
-from triggerd.logs import LogStore
 from triggerd.model.buildconfigs import BuildConfig
 from triggerd.model.builds import Build
 from triggerd.server import RouteAccessLogger
 from triggerd.settings import SecretSettings, Settings
 from triggerd.store.base import BuildQuery
-from triggerd.store.sqlite import SqliteStore
 from triggerd.web import webhooks
-from triggerd.web.app import make_app
 
-DATA = Path(__file__).parent.parent / "intake" / "data"
-TOKEN = "api-token-for-webhook-tests"
 BODY_LIMIT = 256 * 1024
 NS = "default"
 
@@ -51,21 +47,6 @@ GITLAB_URI = "http://example.com/mike/diaspora.git"
 CLOUD_URI = "https://bitbucket.org/team_name/repo_name.git"
 SERVER_URI = "https://bitbucket.example.com/scm/proj/repository.git"
 JSON = "application/json"
-
-
-def raw(name: str) -> bytes:
-    """A payload fixture's bytes, as the provider sent them (``github/push-many-commits.json``)."""
-    return (DATA / name).read_bytes()
-
-
-def document(name: str) -> dict[str, Any]:
-    value = json.loads(raw(name))
-    assert isinstance(value, dict)
-    return value
-
-
-def encode(value: object) -> bytes:
-    return json.dumps(value).encode("utf-8")
 
 
 def trigger(kind: str, secret: str | None = SECRET, **options: Any) -> dict[str, Any]:
@@ -157,24 +138,9 @@ async def read(response: ClientResponse) -> Reply:
 
 
 def make_hooks_app(tmp_path: Path, **settings: Any) -> tuple[Any, Engine, FakeExecutor]:
-    options: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "api_tokens": (TOKEN,),
-        "max_concurrent_builds": 1,
-        "max_body_bytes": BODY_LIMIT,
-        "secrets": SECRETS,
-        **settings,
-    }
-    config = Settings(**options)
-    logs = LogStore(tmp_path / "logs")
-    executor = FakeExecutor(logs)
-    engine = Engine(
-        settings=config,
-        store=SqliteStore(tmp_path / "triggerd.db"),
-        executor=executor,
-        logs=logs,
-    )
-    return make_app(engine, logs, config, extra_routes=webhooks.ROUTES), engine, executor
+    options: dict[str, Any] = {"secrets": SECRETS, "max_body_bytes": BODY_LIMIT, **settings}
+    app, engine, executor, _ = make_env_app(tmp_path, extra_routes=webhooks.ROUTES, **options)
+    return app, engine, executor
 
 
 async def start_hooks(tmp_path: Path, aiohttp_client: AiohttpClient, **settings: Any) -> Hooks:

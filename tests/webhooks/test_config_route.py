@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.intake.payloads import document, encode, raw
 from tests.webhooks.conftest import (
     CLOUD_URI,
     GITLAB_URI,
@@ -19,10 +20,7 @@ from tests.webhooks.conftest import (
     SECRET,
     Hooks,
     config_path,
-    document,
-    encode,
     github_headers,
-    raw,
     status_of,
     trigger,
 )

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
+from tests.intake.payloads import raw
 from tests.webhooks.conftest import (
     OTHER_SECRET,
     Hooks,
     config_path,
     github_headers,
-    raw,
     start_hooks,
     trigger,
 )

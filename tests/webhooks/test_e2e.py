@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from tests.intake.payloads import document, encode
 from tests.support.gitrepo import GitRepoFactory
 from tests.support.registry import Registry
-from tests.webhooks.conftest import SECRET, document, encode, github_headers, trigger
+from tests.webhooks.conftest import SECRET, github_headers, trigger
 from triggerd.engine import Engine
 from triggerd.executors.local import LocalExecutor
 from triggerd.logs import LogStore

@@ -15,16 +15,14 @@ from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
+from tests.intake.payloads import document, encode, raw
 from tests.webhooks.conftest import (
     BODY_LIMIT,
     JSON,
     SECRET,
     Hooks,
     config_path,
-    document,
-    encode,
     github_headers,
-    raw,
     read,
     start_hooks,
     status_of,

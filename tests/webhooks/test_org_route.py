@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from tests.intake.payloads import raw
 from tests.webhooks.conftest import (
     CLOUD_URI,
     GITHUB_URI,
@@ -18,7 +19,6 @@ from tests.webhooks.conftest import (
     SERVER_URI,
     Hooks,
     github_headers,
-    raw,
     status_of,
     trigger,
 )

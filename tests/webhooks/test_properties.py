@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import buildconfig_doc
+from tests.intake.payloads import raw
 from tests.webhooks.conftest import (
     CLOUD_URI,
     GITLAB_URI,
     SECRET,
     SERVER_URI,
     make_hooks_app,
-    raw,
     trigger,
 )
 from triggerd.engine import Engine

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.intake.payloads import raw
+from tests.web.conftest import TOKEN
 from tests.webhooks.conftest import (
     BEARER_SECRET,
     CLOUD_URI,
@@ -15,11 +17,9 @@ from tests.webhooks.conftest import (
     OTHER_SECRET,
     REF_SECRET,
     SECRET,
-    TOKEN,
     Hooks,
     config_path,
     github_headers,
-    raw,
     read,
     trigger,
 )

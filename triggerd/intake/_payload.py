@@ -49,6 +49,25 @@ def header(headers: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+def check_supported(event: str, supported: tuple[str, ...], *, who: str) -> None:
+    """Refuse an event type this provider's parser does not handle, naming it."""
+    if event not in supported:
+        raise UnsupportedEvent(
+            f"{who} event {shown(event)} is not supported; supported: {', '.join(supported)}"
+        )
+
+
+def require_event(
+    lowered: Mapping[str, str], name: str, supported: tuple[str, ...], *, who: str
+) -> str:
+    """The event header's value: present (400 when missing) and supported (400 naming it)."""
+    event = header(lowered, name)
+    if event is None:
+        raise MalformedPayload(f"header {name} is missing")
+    check_supported(event, supported, who=who)
+    return event
+
+
 def media_type(content_type: str) -> str:
     """``application/json; charset=utf-8`` → ``application/json``."""
     return content_type.split(";", 1)[0].strip().lower()

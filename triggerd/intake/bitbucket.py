@@ -38,6 +38,7 @@ from triggerd.intake._payload import (
     lower_keys,
     person,
     raw_person,
+    require_event,
     shown,
     unique,
 )
@@ -113,14 +114,7 @@ def parse(headers: Mapping[str, str], body: bytes, content_type: str) -> Event:
 def parse_all(headers: Mapping[str, str], body: bytes, content_type: str) -> tuple[Event, ...]:
     """One event per changed ref, in payload order; never empty."""
     lowered = lower_keys(headers)
-    event = header(lowered, EVENT_HEADER)
-    if event is None:
-        raise MalformedPayload(f"header {EVENT_HEADER} is missing")
-    if event not in SUPPORTED_EVENTS:
-        raise UnsupportedEvent(
-            f"Bitbucket event {shown(event)} is not supported; supported: "
-            + ", ".join(SUPPORTED_EVENTS)
-        )
+    event = require_event(lowered, EVENT_HEADER, SUPPORTED_EVENTS, who="Bitbucket")
     delivery = header(lowered, *DELIVERY_HEADERS)
     if event == SERVER_PING:
         # Data Center's "Test connection" body says nothing about any repository.

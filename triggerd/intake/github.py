@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, TypedDict
 
-from triggerd.errors import MalformedPayload, UnsupportedEvent
+from triggerd.errors import MalformedPayload
 from triggerd.events import Event, GitPush, Ping, Provider, is_zero_sha
 from triggerd.intake._payload import (
     Node,
     accept_media_type,
+    check_supported,
     commit_id,
     decode_json,
     find_commit,
@@ -24,7 +25,6 @@ from triggerd.intake._payload import (
     header,
     lower_keys,
     person,
-    shown,
     split_ref,
     unique,
 )
@@ -110,10 +110,7 @@ def parse_all(headers: Mapping[str, str], body: bytes, content_type: str) -> tup
     """The delivery's events: one :class:`GitPush` or one :class:`Ping`."""
     lowered = lower_keys(headers)
     event, who = _event(lowered)
-    if event.lower() not in SUPPORTED_EVENTS:
-        raise UnsupportedEvent(
-            f"{who} event {shown(event)} is not supported; supported: {', '.join(SUPPORTED_EVENTS)}"
-        )
+    check_supported(event.lower(), SUPPORTED_EVENTS, who=who)
     media = accept_media_type(content_type, CONTENT_TYPES, who=who)
     text: bytes | str = form_field(body, "payload") if media == FORM else body
     root = Node.root(decode_json(text, what="payload" if media == FORM else "body"))

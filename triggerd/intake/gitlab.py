@@ -24,6 +24,7 @@ from triggerd.intake._payload import (
     git_style_commit,
     header,
     lower_keys,
+    require_event,
     shown,
     split_ref,
     unique,
@@ -76,14 +77,7 @@ def parse(headers: Mapping[str, str], body: bytes, content_type: str) -> Event:
 
 def parse_all(headers: Mapping[str, str], body: bytes, content_type: str) -> tuple[Event, ...]:
     lowered = lower_keys(headers)
-    event = header(lowered, EVENT_HEADER)
-    if event is None:
-        raise MalformedPayload(f"header {EVENT_HEADER} is missing")
-    if event not in SUPPORTED_EVENTS:
-        raise UnsupportedEvent(
-            f"GitLab event {shown(event)} is not supported; supported: "
-            + ", ".join(SUPPORTED_EVENTS)
-        )
+    event = require_event(lowered, EVENT_HEADER, SUPPORTED_EVENTS, who="GitLab")
     accept_media_type(content_type, JSON_TYPES, who="GitLab")
     root = Node.root(decode_json(body))
     if event == SYSTEM_HOOK:
