@@ -137,9 +137,7 @@ def evaluate_push(config: BuildConfig, hook: WebHookTrigger, push: events.GitPus
         people = [p for p in (head.author if head else None, push.pusher) if p is not None]
         for person in people:
             for pattern in hook.ignore_authors:
-                if _glob(person.name, pattern) or _glob(
-                    person.email, pattern
-                ):
+                if _glob(person.name, pattern) or _glob(person.email, pattern):
                     return Verdict(
                         accepted=False, reason=f"author {person.name} is in ignoreAuthors"
                     )
@@ -202,9 +200,7 @@ def _glob(text: str, pattern: str) -> bool:
 
 
 def _path_matches(path: str, patterns: Iterable[str]) -> bool:
-    return any(
-        _glob(path, p) or (p.endswith("/") and path.startswith(p)) for p in patterns
-    )
+    return any(_glob(path, p) or (p.endswith("/") and path.startswith(p)) for p in patterns)
 
 
 def _user(person: events.Person | None) -> specs.SourceControlUser | None:

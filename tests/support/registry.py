@@ -359,9 +359,7 @@ class Registry:
             token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
             all_headers["Authorization"] = f"Basic {token}"
         # self.url is always http://127.0.0.1:PORT, so no other scheme can sneak in.
-        req = urllib.request.Request(
-            self.url + path, data=data, headers=all_headers, method=method
-        )
+        req = urllib.request.Request(self.url + path, data=data, headers=all_headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return Response(int(resp.status), dict(resp.headers.items()), resp.read())
