@@ -24,7 +24,7 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
-from triggerd import errors, manifests
+from triggerd import errors, manifests, upload
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 API = "/apis/build.openshift.io/v1"
@@ -277,6 +277,25 @@ def _pairs(values: Sequence[str] | None) -> list[dict[str, str]]:
     return [dict(zip(("name", "value"), v.split("=", 1), strict=True)) for v in values or []]
 
 
+async def _start_binary(client: Client, config: str, args: argparse.Namespace) -> Any:
+    """Upload the build's input (a directory, file, archive or git commit) and start it."""
+    try:
+        status, text = await upload.start_binary(
+            client.session,
+            client.url("buildconfigs", config, "instantiatebinary"),
+            from_dir=args.from_dir,
+            from_file=args.from_file,
+            from_archive=args.from_archive,
+            from_repo=args.from_repo,
+            commit=args.commit or "",
+        )
+    except upload.UploadError as e:
+        raise CommandError(str(e)) from e
+    if status >= 400:
+        raise _api_error(status, text)
+    return json.loads(text)
+
+
 async def cmd_start_build(client: Client, args: argparse.Namespace) -> int:
     config = _strip_kind(args.buildconfig)
     body: dict[str, Any] = {
@@ -290,7 +309,12 @@ async def cmd_start_build(client: Client, args: argparse.Namespace) -> int:
         body["env"] = _pairs(args.env)
     if args.build_arg:
         body["dockerStrategyOptions"] = {"buildArgs": _pairs(args.build_arg)}
-    build = await client.call("POST", client.url("buildconfigs", config, "instantiate"), body=body)
+    if args.from_dir or args.from_file or args.from_archive or args.from_repo:
+        build = await _start_binary(client, config, args)
+    else:
+        build = await client.call(
+            "POST", client.url("buildconfigs", config, "instantiate"), body=body
+        )
     name = build["metadata"]["name"]
     print(f"build/{name} started", flush=True)
     if not args.follow:
@@ -374,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--commit", help="build this commit")
     start.add_argument("--env", "-e", action="append", type=_key_value, metavar="K=V")
     start.add_argument("--build-arg", action="append", type=_key_value, metavar="K=V")
+    source = start.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from-dir", metavar="DIR", help="upload DIR (without .git) as the context"
+    )
+    source.add_argument("--from-file", metavar="FILE", help="upload FILE as the only file")
+    source.add_argument("--from-archive", metavar="FILE", help="upload a tar, tar.gz or zip")
+    source.add_argument("--from-repo", metavar="DIR", help="upload git archive of --commit (HEAD)")
     start.add_argument(
         "--follow",
         "-F",

@@ -35,18 +35,25 @@ from typing import Any, Protocol
 from triggerd.executors.base import Cancelled, Failed, Outcome, Succeeded
 from triggerd.model.builds import Reason, Stage, StageName
 from triggerd.model.specs import SourceRevision
-from triggerd.planning import dockerfile
+from triggerd.planning import archives, dockerfile, s2i
 from triggerd.planning.plan import (
+    Arg,
+    Buildah,
     Capture,
     CheckInside,
     Command,
+    CopyFromImage,
+    CopyInto,
     EditDockerfile,
+    ExtractArchive,
+    GenerateS2IDockerfile,
     MakeDirectory,
     MissingOutput,
     OutputName,
     Plan,
     PlanFormatError,
     ReadOutput,
+    RunInImage,
     Step,
     WriteFile,
     parse_captured,
@@ -253,7 +260,7 @@ class PlanRun:
         action = step.action
         try:
             if isinstance(action, Command):
-                await self._command(action)
+                await self._command_with_fallback(action)
             elif isinstance(action, MakeDirectory):
                 self._inside(self._path(action.path), create=True)
             elif isinstance(action, WriteFile):
@@ -265,12 +272,36 @@ class PlanRun:
             elif isinstance(action, ReadOutput):
                 path = self._inside(self._path(action.path))
                 self._outputs[action.output] = path.read_text(encoding="utf-8").strip()
+            elif isinstance(action, GenerateS2IDockerfile):
+                await self._generate_s2i(action)
+            elif isinstance(action, RunInImage):
+                await self._run_in_image(action)
+            elif isinstance(action, ExtractArchive):
+                await self._extract(action)
+            elif isinstance(action, CopyInto):
+                self._copy_into(action)
+            elif isinstance(action, CopyFromImage):
+                await self._copy_from_image(action)
         except OSError as e:
             raise StepError(f"{action.describe(self._outputs)}: {e.strerror or e}") from e
         except UnicodeDecodeError as e:
             raise StepError(f"{action.describe(self._outputs)}: not UTF-8 text") from e
         except MissingOutput as e:
             raise StepError(str(e)) from e
+
+    async def _command_with_fallback(self, command: Command) -> None:
+        try:
+            await self._command(command)
+        except StepError:
+            marker = command.fallback_marker
+            if (
+                not command.fallback
+                or self._stop_cause is not None
+                or not any(marker in line for line in self._tail)
+            ):
+                raise
+            self._line("--> The registry layer cache failed; building again without it")
+            await self._command(Command(argv=command.fallback, env=command.env))
 
     async def _command(self, command: Command) -> None:
         argv = [resolve(a, str(self.workspace), self._outputs) for a in command.argv]
@@ -344,6 +375,214 @@ class PlanRun:
         except dockerfile.DockerfileError as e:
             raise StepError(f"{action.path}: {e}") from e
         self._write(action.output, edited.encode(), 0o644)
+
+    async def _copy_from_image(self, action: CopyFromImage) -> None:
+        base = self._buildah_argv(action.buildah)
+        code, out, err = await self._collect(
+            [*base, "from", "--pull-never", "--quiet", action.image], action.buildah
+        )
+        if code != 0:
+            raise StepError(
+                f"buildah from {action.image} {_status(code)}: "
+                + redact(err.decode("utf-8", "replace").strip()[-300:])
+            )
+        container = out.decode().strip().splitlines()[-1]
+        try:
+            code, out, err = await self._collect([*base, "mount", container], action.buildah)
+            if code != 0:
+                raise StepError(
+                    f"buildah mount {_status(code)}: "
+                    + redact(err.decode("utf-8", "replace").strip()[-300:])
+                )
+            root = Path(out.decode().strip().splitlines()[-1])
+            for source, destination in action.paths:
+                target = self._inside(self._path(destination), create=True)
+                copied = await asyncio.to_thread(_copy_out_of_image, root, source, target)
+                self._line(f"    {source}: {copied} entries copied to {destination}")
+        finally:
+            await asyncio.shield(self._collect([*base, "umount", container], action.buildah))
+            await asyncio.shield(self._collect([*base, "rm", container], action.buildah))
+
+    def _copy_into(self, action: CopyInto) -> None:
+        source = self._inside(self._path(action.source))
+        for entry in sorted(source.iterdir()):
+            if entry.is_file() and not entry.is_symlink():
+                mode = entry.stat().st_mode & 0o777
+                self._write(f"{action.destination}/{entry.name}", entry.read_bytes(), mode)
+
+    async def _extract(self, action: ExtractArchive) -> None:
+        destination = self._inside(self._path(action.destination), create=True)
+        limits = archives.Limits(max_size=action.max_size, max_files=action.max_files)
+        upload = Path(action.archive)
+        try:
+            if action.as_file:
+                summary = await asyncio.to_thread(
+                    archives.place_file, upload, destination, action.as_file, limits
+                )
+            else:
+                summary = await asyncio.to_thread(archives.extract, upload, destination, limits)
+        except archives.UnsafeArchive as e:
+            raise StepError(f"unsafe upload: {e}") from e
+        kind = summary.format.value if summary.format else "file"
+        self._line(f"    {kind}: {summary.files} entries, {summary.size} bytes")
+
+    async def _generate_s2i(self, action: GenerateS2IDockerfile) -> None:
+        config = await self._image_config(action.buildah, action.builder_image)
+        context = self._inside(self._path(action.context))
+        scripts_dir = context / s2i.SOURCE_SCRIPTS_DIR
+        source_scripts = frozenset(
+            name
+            for name in s2i.SCRIPT_NAMES
+            if self._is_regular_inside(scripts_dir / name, context)
+        )
+        env_file = context / s2i.SOURCE_ENVIRONMENT_FILE
+        environment = (
+            env_file.read_bytes().decode("utf-8")
+            if self._is_regular_inside(env_file, context)
+            else None
+        )
+        previous: str | None = None
+        if action.incremental and action.previous_image:
+            previous = await self._previous_image(action)
+        workspace = str(self.workspace)
+        labels_raw = config.get("Labels")
+        try:
+            generated = s2i.generate(
+                s2i.Inputs(
+                    builder_image=action.builder_image,
+                    builder_user=str(config.get("User") or ""),
+                    builder_labels=(
+                        {str(k): str(v) for k, v in labels_raw.items()}
+                        if isinstance(labels_raw, dict)
+                        else {}
+                    ),
+                    scripts_url=action.scripts_url,
+                    source_scripts=source_scripts,
+                    environment_file=environment,
+                    env=[(k, resolve(v, workspace, self._outputs)) for k, v in action.env],
+                    labels=[(k, resolve(v, workspace, self._outputs)) for k, v in action.labels],
+                    incremental=action.incremental,
+                    previous_image=previous,
+                )
+            )
+        except s2i.S2IError as e:
+            raise StepError(str(e)) from e
+        for note in generated.notes:
+            self._line(f"    {note}")
+        self._line("    Generated Dockerfile:")
+        for line in generated.text.splitlines():
+            self._line(f"    | {line}")
+        self._write(action.output, generated.text.encode(), 0o644)
+
+    async def _previous_image(self, action: GenerateS2IDockerfile) -> str | None:
+        """The image id of the last pushed output, or None when there is none yet."""
+        if action.pull_previous:
+            argv = [resolve(a, str(self.workspace), self._outputs) for a in action.pull_previous]
+            code, _, err = await self._collect(argv, action.buildah)
+            if code != 0:
+                last = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+                self._line(
+                    f"    no previous image {action.previous_image} to restore artifacts "
+                    f"from ({redact(last[0]) if last else 'pull failed'})"
+                )
+                return None
+        code, out, _ = await self._collect(
+            [*self._buildah_argv(action.buildah), "inspect", "--type", "image",
+             "--format", "{{.FromImageID}}", action.previous_image],
+            action.buildah,
+        )  # fmt: skip
+        image_id = out.decode().strip()
+        return image_id if code == 0 and image_id else None
+
+    async def _image_config(self, b: Buildah, image: str) -> dict[str, Any]:
+        """The OCI config (User, Labels, Entrypoint...) of a local image."""
+        code, out, err = await self._collect(
+            [*self._buildah_argv(b), "inspect", "--type", "image", image], b
+        )
+        if code != 0:
+            raise StepError(
+                f"buildah inspect {image} {_status(code)}: "
+                + redact(err.decode("utf-8", "replace").strip()[-500:])
+            )
+        try:
+            doc = json.loads(out)
+            config = doc["OCIv1"].get("config") or {}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StepError(f"buildah inspect {image}: unexpected output") from e
+        return config if isinstance(config, dict) else {}
+
+    async def _run_in_image(self, action: RunInImage) -> None:
+        image = resolve(action.image, str(self.workspace), self._outputs)
+        argv = list(action.argv)
+        if not argv:
+            config = await self._image_config(action.buildah, image)
+            argv = [str(x) for x in config.get("Entrypoint") or []]
+            if not action.args and action.default_command:
+                argv += [str(x) for x in config.get("Cmd") or []]
+            if not argv:
+                raise StepError(f"{image} has no entrypoint or command to run")
+        argv += list(action.args)
+        base = self._buildah_argv(action.buildah)
+        code, out, err = await self._collect(
+            [*base, "from", "--pull-never", "--quiet", image], action.buildah
+        )
+        if code != 0:
+            raise StepError(
+                f"buildah from {_status(code)}: "
+                + redact(err.decode("utf-8", "replace").strip()[-500:])
+            )
+        container = out.decode().strip().splitlines()[-1]
+        try:
+            run: list[Arg] = [*base, "run", "--isolation", action.buildah.isolation]
+            for name, value in action.env:
+                run += ["--env", f"{name}={resolve(value, str(self.workspace), self._outputs)}"]
+            for source, destination in action.mounts:
+                host = resolve(source, str(self.workspace), self._outputs)
+                run += ["--volume", f"{host}:{destination}:ro"]
+            run += [container, "--", *argv]
+            await self._command(Command(argv=tuple(run), env=action.buildah.env))
+        finally:
+            # The container is a full copy of the image with vfs: never leave it behind.
+            await asyncio.shield(self._collect([*base, "rm", container], action.buildah))
+
+    def _buildah_argv(self, b: Buildah) -> list[str]:
+        return [resolve(a, str(self.workspace), self._outputs) for a in b.argv]
+
+    async def _collect(self, argv: list[str], b: Buildah) -> tuple[int, bytes, bytes]:
+        """Run a helper command quietly: (exit status, stdout, stderr)."""
+        env = dict(self._env)
+        env.update({k: resolve(v, str(self.workspace), self._outputs) for k, v in b.env.items()})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=self.workspace,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise StepError(f"{argv[0]} is not installed") from e
+        self._proc = proc
+        if self._on_spawn is not None:
+            self._on_spawn(proc.pid)
+        try:
+            out, err = await proc.communicate()
+        finally:
+            self._proc = None
+        if self._stop_cause is not None:
+            raise StepError(self._stop_cause.value)
+        return proc.returncode or 0, out, err
+
+    def _is_regular_inside(self, path: Path, root: Path) -> bool:
+        """True for a regular file that, symlinks resolved, stays inside ``root``."""
+        if not path.is_file():
+            return False
+        real = Path(os.path.realpath(path))
+        if root not in real.parents:
+            raise StepError(f"{path.relative_to(root)} points outside the source")
+        return True
 
     def _check_inside(self, action: CheckInside) -> None:
         root = self._inside(self._path(action.root))
@@ -464,6 +703,47 @@ async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> 
             pending = pending[_MAX_LINE:]
     if pending:
         sink(pending + b"\n")
+
+
+def _copy_out_of_image(root: Path, source: str, target: Path) -> int:
+    """Copy ``source`` (absolute in the image rooted at ``root``) into the directory
+    ``target``; StepError when the path is missing or goes through a symlink."""
+    contents = source.endswith("/.")
+    parts = [p for p in source.strip("/").split("/") if p not in ("", ".")]
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            raise StepError(f"{source}: goes through a symlink in the image")
+        if not current.exists():
+            raise StepError(f"{source}: no such file or directory in the image")
+    if not current.is_dir():
+        _copy_entry(current, target / current.name)
+        return 1
+    destination = target if contents or not parts else target / current.name
+    destination.mkdir(exist_ok=True)
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(current):
+        here = Path(dirpath)
+        rel = here.relative_to(current)
+        (destination / rel).mkdir(exist_ok=True)
+        for name in [*dirnames, *filenames]:
+            entry = here / name
+            if entry.is_symlink() or not entry.is_dir():
+                _copy_entry(entry, destination / rel / name)
+                count += 1
+    return count
+
+
+def _copy_entry(source: Path, destination: Path) -> None:
+    """One file or symlink, never following links; device files and FIFOs are skipped."""
+    if destination.is_symlink() or destination.exists():
+        destination.unlink()
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+    elif source.is_file():
+        with source.open("rb") as src:
+            _write_file(destination, src.read(), source.stat().st_mode & 0o777)
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:

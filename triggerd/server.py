@@ -86,7 +86,7 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
     from triggerd.executors.local import LocalExecutor
     from triggerd.logs import LogStore
     from triggerd.store.sqlite import SqliteStore
-    from triggerd.web import webhooks
+    from triggerd.web import binary, webhooks
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         engine,
         logs,
         dataclasses.replace(settings, api_tokens=tokens),
-        extra_routes=webhooks.ROUTES,
+        extra_routes=[*webhooks.ROUTES, *binary.ROUTES],
     )
     return engine, app
 

@@ -82,6 +82,12 @@ class Settings:
     executor: str = "local"
     store: str = "sqlite"
     log_level: str = "info"
+    max_binary_size: int = 1024 * 1024 * 1024  # an uploaded binary build input, in bytes
+    max_binary_files: int = 100_000  # entries in an uploaded archive
+    config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    layer_cache_registry: str | None = None  # <it>/<namespace>/<config> caches layers
+    layer_cache_max_bytes: int | None = None  # host buildah storage cap
+    layer_cache_max_age_seconds: float | None = None  # host images unused this long go
 
     @property
     def host(self) -> str:
@@ -113,10 +119,17 @@ _SCALARS: Mapping[str, str] = {
     "executor": "executor",
     "store": "storekind",
     "logLevel": "loglevel",
+    "maxBinarySize": "posint",
+    "maxBinaryFiles": "posint",
+    "configMaps": "notifications",
+    "layerCacheRegistry": "str",
+    "layerCacheMaxBytes": "posint",
+    "layerCacheMaxAge": "duration",
 }
 _ATTRS = {
     "deliveryRetention": "delivery_retention_seconds",
     "imagePollInterval": "image_poll_interval_seconds",
+    "layerCacheMaxAge": "layer_cache_max_age_seconds",
 }
 
 

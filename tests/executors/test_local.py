@@ -398,14 +398,14 @@ async def test_cancel_of_an_unknown_build(env: ExecutorEnv) -> None:
     assert await env.executor().cancel("team", "never-started") is False
 
 
-async def test_source_secret_that_is_not_an_ssh_key(env: ExecutorEnv) -> None:
-    settings = env.settings(secrets={"basic": SecretSettings(data={"username": "u"})})
+async def test_source_secret_that_is_neither_ssh_nor_basic_auth(env: ExecutorEnv) -> None:
+    settings = env.settings(secrets={"other": SecretSettings(data={"token": "t"})})
     spec = git_spec("https://git.example.com/x.git")
-    spec["source"]["sourceSecret"] = {"name": "basic"}
+    spec["source"]["sourceSecret"] = {"name": "other"}
     outcome = await env.executor(settings).run(make_build(spec, "secret-1"), RecordingReporter())
     assert isinstance(outcome, Failed)
     assert outcome.reason is Reason.FETCH_SOURCE_FAILED
-    assert "only SSH keys" in outcome.message
+    assert "needs a path, data.ssh-privatekey, or data.username" in outcome.message
     assert "--> Build failed (FetchSourceFailed)" in env.logs.read("team", "secret-1").decode()
 
 

@@ -70,13 +70,14 @@ def build_cmd(
     build_args: str = "",
     tag: str = IMAGE,
     context: str = "/ws/source",
-) -> str:
+) -> list[str]:
     tag_flag = f" --tag {tag}" if tag else ""
-    return (
+    return [
         f"Build/DockerBuildFailed: {GLOBALS} build --isolation chroot --format docker "
-        f"{cache} --force-rm --pull={pull}{flags} --file /ws/Dockerfile{build_args}{tag_flag} "
-        f"{context}"
-    )
+        f"{cache} --force-rm --pull={pull}{flags} --file /ws/Dockerfile "
+        f"--iidfile /ws/outputs/image-id{build_args}{tag_flag} {context}",
+        "Build/DockerBuildFailed: read image.id from outputs/image-id",
+    ]
 
 
 def push_steps(flags: str = "", image: str = IMAGE) -> list[str]:
@@ -135,7 +136,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         "plain git build",
         spec(),
         CTX,
-        [*SETUP, *git_steps("main"), check(), edit(), build_cmd(), *push_steps()],
+        [*SETUP, *git_steps("main"), check(), edit(), *build_cmd(), *push_steps()],
     ),
     (
         "contextDir and dockerfilePath",
@@ -149,7 +150,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             *git_steps("main"),
             check("source/services/api", "source/services/api/build/Containerfile"),
             edit("source/services/api/build/Containerfile", "add 11 labels"),
-            build_cmd(context="/ws/source/services/api"),
+            *build_cmd(context="/ws/source/services/api"),
             *push_steps(),
         ],
     ),
@@ -157,13 +158,13 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         "revision commit wins over the ref",
         spec(revision={"type": "Git", "git": {"commit": SHA}}),
         CTX,
-        [*SETUP, *git_steps(SHA), check(), edit(), build_cmd(), *push_steps()],
+        [*SETUP, *git_steps(SHA), check(), edit(), *build_cmd(), *push_steps()],
     ),
     (
         "no ref builds the remote HEAD",
         spec(**{"source.git.ref": None}),
         CTX,
-        [*SETUP, *git_steps("HEAD"), check(), edit(what="add 9 labels"), build_cmd(),
+        [*SETUP, *git_steps("HEAD"), check(), edit(what="add 9 labels"), *build_cmd(),
          *push_steps()],
     ),
     (
@@ -176,7 +177,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             "FetchInputs/FetchSourceFailed: write source/Dockerfile",
             check(),
             edit(what="add 2 labels"),
-            build_cmd(),
+            *build_cmd(),
             *push_steps(),
         ],
     ),
@@ -186,7 +187,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         CTX,
         [*SETUP, *git_steps("main"),
          "FetchInputs/FetchSourceFailed: write source/Dockerfile",
-         check(), edit(), build_cmd(), *push_steps()],
+         check(), edit(), *build_cmd(), *push_steps()],
     ),
     (
         "from replaces the last FROM, forcePull pulls always",
@@ -201,7 +202,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             "docker.io/library/busybox:1.36",
             check(),
             edit(what="replace the last FROM with docker.io/library/busybox:1.36; add 10 labels"),
-            build_cmd(pull="always"),
+            *build_cmd(pull="always"),
             *push_steps(),
         ],
     ),
@@ -219,7 +220,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             check(),
             edit(what="replace the last FROM with registry.example.com/base@sha256:"
                  + "a" * 64 + "; add 10 labels"),
-            build_cmd(),
+            *build_cmd(),
             *push_steps(),
         ],
     ),
@@ -233,7 +234,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         [
             *SETUP, *git_steps("main"), check(),
             edit(what="add ENV E after FROM; add 10 labels"),
-            build_cmd(build_args=" --build-arg A=1 --build-arg 'B=two words'"),
+            *build_cmd(build_args=" --build-arg A=1 --build-arg 'B=two words'"),
             *push_steps(),
         ],
     ),
@@ -241,7 +242,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         "noCache",
         spec(**{"strategy.dockerStrategy.noCache": True}),
         CTX,
-        [*SETUP, *git_steps("main"), check(), edit(), build_cmd(cache="--no-cache"),
+        [*SETUP, *git_steps("main"), check(), edit(), *build_cmd(cache="--no-cache"),
          *push_steps()],
     ),
     (
@@ -267,7 +268,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             check(),
             edit(what="replace the last FROM with 127.0.0.1:5000/base/busybox:latest; "
                  "add 10 labels"),
-            build_cmd(tag="127.0.0.1:5000/team/app:v1"),
+            *build_cmd(tag="127.0.0.1:5000/team/app:v1"),
             *push_steps(" --tls-verify=false", image="127.0.0.1:5000/team/app:v1"),
         ],
     ),
@@ -287,7 +288,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             "--authfile /ws/secrets/pull-auth.json quay.io/b/c:latest",
             check(),
             edit(what="replace the last FROM with quay.io/b/c:latest; add 10 labels"),
-            build_cmd(" --authfile /ws/secrets/pull-auth.json"),
+            *build_cmd(" --authfile /ws/secrets/pull-auth.json"),
             *push_steps(" --authfile /etc/triggerd/push.json"),
         ],
     ),
@@ -295,7 +296,7 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         "no output: no push stage and no tag",
         spec(output=None),
         CTX,
-        [*SETUP, *git_steps("main"), check(), edit(), build_cmd(tag="")],
+        [*SETUP, *git_steps("main"), check(), edit(), *build_cmd(tag="")],
     ),
 ]  # fmt: skip
 

@@ -210,3 +210,26 @@ def test_parse_does_not_mutate_input() -> None:
     before = copy.deepcopy(doc)
     buildconfigs.parse(doc).to_dict()
     assert doc == before
+
+
+def test_request_env_and_from_go_to_the_source_strategy() -> None:
+    doc = buildconfig_doc()
+    doc["spec"]["strategy"] = {
+        "type": "Source",
+        "sourceStrategy": {"from": {"kind": "DockerImage", "name": "registry.test/builder:1"}},
+    }
+    doc["metadata"]["annotations"] = {"triggerd.dev/cache-repository": "registry.test/cache"}
+    config = buildconfigs.parse(doc)
+    request = requests.parse(
+        {
+            "env": [{"name": "E", "value": "x"}],
+            "from": {"kind": "DockerImage", "name": "registry.test/builder:2"},
+        },
+        "app",
+    )
+    build = requests.instantiate(config, request, number=1, uid="u", created=T0)
+    strategy = build.to_dict()["spec"]["strategy"]
+    assert "dockerStrategy" not in strategy
+    assert strategy["sourceStrategy"]["env"] == [{"name": "E", "value": "x"}]
+    assert strategy["sourceStrategy"]["from"]["name"] == "registry.test/builder:2"
+    assert build.meta.annotations["triggerd.dev/cache-repository"] == "registry.test/cache"

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from triggerd import runner
 from triggerd.executors.base import Failed, Outcome, Reporter
 from triggerd.images import references
 from triggerd.logs import LogStore, snippet
-from triggerd.model.builds import Build, Reason
-from triggerd.planning import buildah
+from triggerd.model import buildconfigs
+from triggerd.model.builds import CONFIG_LABEL, Build, Reason
+from triggerd.model.specs import VolumeSourceType
+from triggerd.planning import archives, buildah
 from triggerd.settings import SecretSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ PID_FILE = ".triggerd-pgid"
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
 LEGACY_DOCKER_CONFIG_KEY = ".dockercfg"
 SSH_KEY = "ssh-privatekey"
+#: Build annotation naming the registry repository used as layer cache ("none": off).
+CACHE_ANNOTATION = buildconfigs.CACHE_ANNOTATION
+#: Keys of a kubernetes.io/basic-auth secret.
+BASIC_USERNAME = "username"
+BASIC_PASSWORD = "password"  # noqa: S105 (the key name, not a password)
 
 
 class _Refused(Exception):
@@ -108,6 +116,7 @@ class LocalExecutor:
                 # A killed buildah leaves its working container behind in the storage.
                 self._sweep_needed = True
             await self._sweep_if_idle()
+            await self.prune_layer_cache()
 
     async def cancel(self, namespace: str, name: str) -> bool:
         active = self._active.get((namespace, name))
@@ -156,8 +165,112 @@ class LocalExecutor:
             push_auth_file=self._push_auth(build, workspace),
             pull_auth_file=self._pull_auth(build, workspace),
             git_ssh_key_file=self._ssh_key(build, workspace),
+            git_credential_helper=self._credential_helper(build, workspace),
             push_retries=settings.buildah.push_retries,
+            binary_input=self._binary_input(build),
+            binary_as_file=build.meta.annotations.get(archives.AS_FILE_ANNOTATION),
+            binary_limits=archives.limits_for(settings),
+            secret_dirs=self._secret_dirs(build, workspace),
+            config_map_dirs=self._config_map_dirs(build, workspace),
+            cache_repository=self._cache_repository(build),
         )
+
+    def _cache_repository(self, build: Build) -> str | None:
+        """The registry layer cache for this build: the Build's cache annotation (copied
+        from its BuildConfig), else ``<layerCacheRegistry>/<namespace>/<buildconfig>``."""
+        explicit = build.meta.annotations.get(CACHE_ANNOTATION)
+        if explicit is not None:
+            if explicit in ("", "none"):
+                return None
+            candidate = explicit
+        else:
+            registry = self.settings.layer_cache_registry
+            config = build.meta.labels.get(CONFIG_LABEL, "")
+            if not registry or not config:
+                return None
+            candidate = f"{str(registry).rstrip('/')}/{build.namespace}/{config}"
+        try:
+            ref = references.parse(candidate)
+        except ValueError as e:
+            raise _Refused(
+                Reason.GENERIC_BUILD_FAILED, f"layer cache repository {candidate!r}: {e}"
+            ) from e
+        # parse() fills in "latest"; a tag or digest written out is what is refused.
+        if ref.digest or ":" in candidate.rsplit("/", 1)[-1]:
+            raise _Refused(
+                Reason.GENERIC_BUILD_FAILED,
+                f"layer cache repository {candidate!r} must be a repository, not a tag",
+            )
+        return ref.name
+
+    def _config_map_dirs(self, build: Build, workspace: Path) -> dict[str, str]:
+        """Each config map of source.configMaps as a directory of one file per key. Config
+        maps come from the ``configMaps`` setting (name → key → value)."""
+        available = self.settings.config_maps
+        names = {item.name for item in build.spec.source.config_maps}
+        docker = build.spec.strategy.docker
+        volumes = docker.volumes if docker is not None else ()
+        names |= {v.source_name for v in volumes if v.source_type is VolumeSourceType.CONFIG_MAP}
+        dirs: dict[str, str] = {}
+        for name in sorted(names):
+            data = available.get(name)
+            if data is None:
+                raise _Refused(
+                    Reason.FETCH_SOURCE_FAILED,
+                    f'config map "{name}" is not defined in the server settings',
+                )
+            for key, value in data.items():
+                if "/" in key or key in ("", ".", ".."):
+                    raise _Refused(
+                        Reason.FETCH_SOURCE_FAILED, f'config map "{name}": bad key {key!r}'
+                    )
+                _write_secret(workspace, f"configmaps/{name}/{key}", value, shared=True)
+            dirs[name] = f"{SECRETS_DIR}/configmaps/{name}"
+        return dirs
+
+    def _secret_dirs(self, build: Build, workspace: Path) -> dict[str, str]:
+        """Each secret the build mounts, as a directory with one 0600 file per key (a
+        ``path`` secret: that file under its own name), outside the build context."""
+        custom = build.spec.strategy.custom
+        names = {m.name for m in custom.secrets} if custom is not None else set()
+        names |= {s.name for s in build.spec.source.secrets}
+        docker = build.spec.strategy.docker
+        volumes = docker.volumes if docker is not None else ()
+        names |= {v.source_name for v in volumes if v.source_type is VolumeSourceType.SECRET}
+        dirs: dict[str, str] = {}
+        for name in sorted(names):
+            if "/" in name or name.startswith("."):
+                raise _Refused(Reason.GENERIC_BUILD_FAILED, f"bad secret name {name!r}")
+            secret = self._secret(name, Reason.GENERIC_BUILD_FAILED, "secret")
+            files = dict(secret.data)
+            if secret.path:
+                try:
+                    files[Path(secret.path).name] = Path(secret.path).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise _Refused(
+                        Reason.GENERIC_BUILD_FAILED, f'secret "{name}": cannot read its file'
+                    ) from e
+            if not files:
+                raise _Refused(Reason.GENERIC_BUILD_FAILED, f'secret "{name}" has no data')
+            for key, value in files.items():
+                if "/" in key or key in ("", ".", ".."):
+                    raise _Refused(Reason.GENERIC_BUILD_FAILED, f'secret "{name}": bad key {key!r}')
+                _write_secret(workspace, f"mounts/{name}/{key}", value, shared=True)
+            dirs[name] = f"{SECRETS_DIR}/mounts/{name}"
+        return dirs
+
+    def _binary_input(self, build: Build) -> str | None:
+        digest = build.meta.annotations.get(archives.INPUT_ANNOTATION)
+        if not digest or build.spec.source.binary is None:
+            return None
+        reason = Reason.FETCH_SOURCE_FAILED
+        try:
+            path = archives.upload_path(self.settings.data_dir.resolve(), digest)
+        except ValueError as e:
+            raise _Refused(reason, f"annotation {archives.INPUT_ANNOTATION}: {e}") from e
+        if not path.is_file():
+            raise _Refused(reason, f"the uploaded input {digest} is no longer stored")
+        return str(path)
 
     def _secret(self, name: str, reason: Reason, what: str) -> SecretSettings:
         secret = self.settings.secrets.get(name)
@@ -180,11 +293,13 @@ class LocalExecutor:
         return self.settings.registry(host).auth_file
 
     def _pull_auth(self, build: Build, workspace: Path) -> str | None:
-        docker = build.spec.strategy.docker
+        strategy = build.spec.strategy
+        chosen = strategy.docker or strategy.source or strategy.custom
+        pull_secret = chosen.pull_secret if chosen is not None else None
         reason = Reason.PULL_BUILDER_IMAGE_FAILED
-        if docker is not None and docker.pull_secret:
-            secret = self._secret(docker.pull_secret, reason, "pull secret")
-            return _docker_config(secret, docker.pull_secret, workspace, "pull-auth.json", reason)
+        if pull_secret:
+            secret = self._secret(pull_secret, reason, "pull secret")
+            return _docker_config(secret, pull_secret, workspace, "pull-auth.json", reason)
         # Without a pull secret, every registry's configured credentials apply: a Dockerfile
         # may pull from any of them.
         files = [r.auth_file for r in self.settings.registries.values() if r.auth_file]
@@ -214,10 +329,102 @@ class LocalExecutor:
                 workspace, "ssh-key", key if key.endswith("\n") else key + "\n"
             )
             return str(workspace / relative)
+        if BASIC_USERNAME in secret.data or BASIC_PASSWORD in secret.data:
+            return None  # basic auth: see _credential_helper
         raise _Refused(
             reason,
-            f'source secret "{name}" needs a path or data.{SSH_KEY}: only SSH keys are supported',
+            f'source secret "{name}" needs a path, data.{SSH_KEY}, or data.{BASIC_USERNAME} '
+            f"and data.{BASIC_PASSWORD}",
         )
+
+    def _credential_helper(self, build: Build, workspace: Path) -> str | None:
+        """For a basic-auth source secret: a git credential helper that reads the username
+        and password from 0600 files. The helper holds only their paths, so neither the
+        plan, the argv, the environment nor the log ever carries the values."""
+        name = build.spec.source.source_secret
+        if not name or build.spec.source.git is None:
+            return None
+        secret = self._secret(name, Reason.FETCH_SOURCE_FAILED, "source secret")
+        if secret.path or SSH_KEY in secret.data:
+            return None
+        if BASIC_USERNAME not in secret.data and BASIC_PASSWORD not in secret.data:
+            return None
+        user = workspace / _write_secret(
+            workspace, "git-username", secret.data.get(BASIC_USERNAME, "")
+        )
+        password = workspace / _write_secret(
+            workspace, "git-password", secret.data.get(BASIC_PASSWORD, "")
+        )
+        helper = workspace / _write_secret(
+            workspace,
+            "git-credential-helper",
+            "#!/bin/sh\n"
+            "# git credential helper written by triggerd for one build\n"
+            'test "$1" = get || exit 0\n'
+            f"printf 'username=%s\\npassword=%s\\n' \"$(cat '{user}')\" \"$(cat '{password}')\"\n",
+        )
+        helper.chmod(0o700)
+        return str(helper)
+
+    async def prune_layer_cache(self) -> list[str]:
+        """Keep the host layer cache within the ``layerCacheMaxAge``/``layerCacheMaxBytes``
+        settings (``layer_cache_max_age_seconds``/``layer_cache_max_bytes``): images older
+        than the age go first, then the oldest removable ones until the storage is under
+        the size. Runs only while no build is running. Returns the removed image ids."""
+        max_age = self.settings.layer_cache_max_age_seconds
+        max_bytes = self.settings.layer_cache_max_bytes
+        if max_age is None and max_bytes is None:
+            return []
+        removed: list[str] = []
+        async with self._sweep_lock:
+            if self._active:
+                return removed
+            images = sorted(await self._images(), key=lambda image: image[1])
+            now = time.time()
+            if max_age is not None:
+                # Newest first: a layer's children are newer and must go before it.
+                for image_id, created in reversed(images):
+                    if now - created > float(max_age) and await self._remove_image(image_id):
+                        removed.append(image_id)
+            if max_bytes is not None:
+                for image_id, _ in images:
+                    if await asyncio.to_thread(_tree_size, self.storage_root) <= int(max_bytes):
+                        break
+                    if image_id not in removed and await self._remove_image(image_id):
+                        removed.append(image_id)
+        if removed:
+            log.info("layer cache: removed %d images", len(removed))
+        return removed
+
+    async def _images(self) -> list[tuple[str, float]]:
+        argv = [str(a) for a in buildah.buildah_globals(self._storage_context())]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "images", "--all", "--json",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            log.warning("buildah images failed: %s", err.decode(errors="replace").strip())
+            return []
+        try:
+            listed = json.loads(out or b"[]") or []
+            return [(str(i["id"]), float(i.get("created", 0))) for i in listed]
+        except (ValueError, KeyError, TypeError):
+            log.warning("buildah images: unexpected output")
+            return []
+
+    async def _remove_image(self, image_id: str) -> bool:
+        argv = [str(a) for a in buildah.buildah_globals(self._storage_context())]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "rmi", image_id,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        # An image other images are built on cannot go first; it is tried again later.
+        return await proc.wait() == 0
 
     async def _sweep_if_idle(self) -> None:
         """Remove working containers killed builds left, once no build is running (the
@@ -268,15 +475,40 @@ def _docker_config(
     )
 
 
-def _write_secret(workspace: Path, filename: str, content: str) -> str:
-    """Write ``content`` to a 0600 file outside the build context; return its plan path."""
-    directory = workspace / SECRETS_DIR
-    directory.mkdir(mode=0o700, exist_ok=True)
-    path = directory / filename
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _write_secret(workspace: Path, filename: str, content: str, *, shared: bool = False) -> str:
+    """Write ``content`` to a 0600 file outside the build context; return its plan path.
+
+    ``shared`` files (mounted into a build, where the build's own non-root user must read
+    them) are 0644 in a 0755 directory; the 0700 ``secrets`` directory above them still
+    keeps other users of the host out.
+    """
+    path = workspace / SECRETS_DIR / filename
+    (workspace / SECRETS_DIR).mkdir(mode=0o700, exist_ok=True)
+    path.parent.mkdir(mode=0o755 if shared else 0o700, parents=True, exist_ok=True)
+    mode = 0o644 if shared else 0o600
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(content)
+        os.fchmod(f.fileno(), mode)
+    if shared:
+        path.parent.chmod(0o755)
     return f"{SECRETS_DIR}/{filename}"
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes used by the files under ``root`` (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
 def _fresh_directory(path: Path) -> None:

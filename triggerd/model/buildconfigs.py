@@ -22,6 +22,8 @@ from triggerd.model.fields import Doc, Fields
 KIND = "BuildConfig"
 DEFAULT_HISTORY_LIMIT = 5
 PAUSED_ANNOTATION = "openshift.io/build-config.paused"
+#: The registry repository a config's layer cache lives in ("none" turns it off).
+CACHE_ANNOTATION = "triggerd.dev/cache-repository"
 
 
 class RunPolicy(StrEnum):

@@ -15,12 +15,19 @@ from datetime import datetime
 from typing import Any
 
 from triggerd.errors import Invalid
-from triggerd.model import builds, specs
+from triggerd.model import buildconfigs, builds, specs
 from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig
 from triggerd.model.fields import Fields
 
 KIND = "BuildRequest"
+STRATEGY_KEYS = {
+    specs.StrategyType.DOCKER: "dockerStrategy",
+    specs.StrategyType.SOURCE: "sourceStrategy",
+    specs.StrategyType.CUSTOM: "customStrategy",
+}
+#: BuildConfig annotations a Build carries over because its executor reads them.
+INHERITED_ANNOTATIONS = frozenset({buildconfigs.CACHE_ANNOTATION})
 MANUAL_CAUSE = "Manually triggered"
 
 
@@ -108,17 +115,21 @@ def instantiate(
         k: copy.deepcopy(v) for k, v in config.spec.raw.items() if k not in specs.CONFIG_ONLY_FIELDS
     }
     strategy = dict(spec_doc.get("strategy") or {})
-    docker = dict(strategy.get("dockerStrategy") or {})
+    # env and from apply to whichever strategy the config uses; build args and noCache are
+    # Docker's alone.
+    key = STRATEGY_KEYS.get(config.spec.strategy.type, "dockerStrategy")
+    options = dict(strategy.get(key) or {})
     if request.env:
-        docker["env"] = _merge(docker.get("env"), request.env)
-    if request.build_args:
-        docker["buildArgs"] = _merge(docker.get("buildArgs"), request.build_args)
-    if request.no_cache is not None:
-        docker["noCache"] = request.no_cache
+        options["env"] = _merge(options.get("env"), request.env)
     if request.from_image is not None:
-        docker["from"] = {"kind": request.from_image.kind.value, "name": request.from_image.name}
-    if docker or "dockerStrategy" in strategy:
-        strategy["dockerStrategy"] = docker
+        options["from"] = {"kind": request.from_image.kind.value, "name": request.from_image.name}
+    if key == "dockerStrategy":
+        if request.build_args:
+            options["buildArgs"] = _merge(options.get("buildArgs"), request.build_args)
+        if request.no_cache is not None:
+            options["noCache"] = request.no_cache
+    if options or key in strategy:
+        strategy[key] = options
         spec_doc["strategy"] = strategy
     spec_doc.pop("revision", None)
     fields = Fields()
@@ -136,6 +147,7 @@ def instantiate(
         builds.START_POLICY_LABEL: config.run_policy.value,
     }
     annotations = {
+        **{k: v for k, v in config.meta.annotations.items() if k in INHERITED_ANNOTATIONS},
         **request.annotations,
         builds.CONFIG_ANNOTATION: config.name,
         builds.NUMBER_ANNOTATION: str(number),

@@ -52,6 +52,7 @@ class OutputName(StrEnum):
     DATE = "revision.date"
     MESSAGE = "revision.message"
     DIGEST = "image.digest"
+    IMAGE_ID = "image.id"
 
 
 class Capture(StrEnum):
@@ -124,10 +125,11 @@ def redact(text: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InWorkspace:
-    """``prefix`` + the absolute path of ``path`` inside the build's workspace."""
+    """``prefix`` + the absolute path of ``path`` inside the build's workspace + ``suffix``."""
 
     path: str
     prefix: str = ""
+    suffix: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +148,7 @@ def resolve(arg: Arg, workspace: str, outputs: Mapping[OutputName, str]) -> str:
     if isinstance(arg, str):
         return arg
     if isinstance(arg, InWorkspace):
-        return arg.prefix + workspace_path(workspace, arg.path)
+        return arg.prefix + workspace_path(workspace, arg.path) + arg.suffix
     if arg.output not in outputs:
         raise MissingOutput(f"no step produced {arg.output.value}")
     return arg.prefix + outputs[arg.output]
@@ -158,7 +160,7 @@ def show(arg: Arg, outputs: Mapping[OutputName, str]) -> str:
     if isinstance(arg, str):
         return redact(arg)
     if isinstance(arg, InWorkspace):
-        return arg.prefix + arg.path
+        return arg.prefix + arg.path + arg.suffix
     value = outputs.get(arg.output, "${" + arg.output.value + "}")
     return redact(arg.prefix + value)
 
@@ -183,6 +185,10 @@ class Command:
     argv: tuple[Arg, ...]
     env: Mapping[str, Arg] = field(default_factory=dict)
     capture: Capture | None = None
+    #: Run instead when this fails and ``fallback_marker`` is in its last output lines
+    #: (a build whose registry layer-cache push failed is retried without the cache).
+    fallback: tuple[Arg, ...] = ()
+    fallback_marker: str = ""
 
     def describe(self, outputs: Mapping[OutputName, str]) -> str:
         return shlex.join(show(a, outputs) for a in self.argv)
@@ -253,7 +259,134 @@ class ReadOutput:
         return f"read {self.output.value} from {self.path}"
 
 
-Action = Command | MakeDirectory | WriteFile | EditDockerfile | CheckInside | ReadOutput
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Buildah:
+    """How a builtin action calls buildah: the global argv (storage options) and the
+    environment (registries.conf, TMPDIR) the planner gives every buildah command."""
+
+    argv: tuple[Arg, ...]
+    env: Mapping[str, Arg] = field(default_factory=dict)
+    isolation: str = "chroot"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateS2IDockerfile:
+    """Inspect the builder image (its user and scripts label) and the source (``.s2i/bin``,
+    ``.s2i/environment``), optionally pull the previous output image for an incremental
+    build, then write :func:`triggerd.planning.s2i.generate`'s Dockerfile to ``output`` and
+    the build log. Keeps planning pure: what the image holds is only known at run time."""
+
+    buildah: Buildah
+    context: str
+    output: str
+    builder_image: str
+    scripts_url: str = ""
+    env: tuple[tuple[str, Arg], ...] = ()
+    labels: tuple[tuple[str, Arg], ...] = ()
+    incremental: bool = False
+    #: The previous image to restore artifacts from and the argv that pulls it (a failed
+    #: pull means there is none yet: not an error).
+    previous_image: str = ""
+    pull_previous: tuple[Arg, ...] = ()
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        extra = f", incremental from {self.previous_image}" if self.incremental else ""
+        return f"generate the source-to-image Dockerfile for {self.builder_image}{extra}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInImage:
+    """Run a command in a new working container of ``image`` (never pulled: it is the
+    image just built or one an earlier step pulled), then remove the container.
+
+    ``argv`` empty means the image's entrypoint followed by ``args`` (OpenShift's
+    postCommit with args alone), or by the image's CMD when ``args`` is empty too and
+    ``default_command`` is set (a custom builder runs as its image says).
+    """
+
+    buildah: Buildah
+    image: Arg
+    argv: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    default_command: bool = False
+    env: tuple[tuple[str, Arg], ...] = ()
+    #: Read-only bind mounts: (file or directory on the host, destination in the container).
+    mounts: tuple[tuple[Arg, str], ...] = ()
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        if self.argv:
+            command = shlex.join(self.argv + self.args)
+        elif self.args:
+            command = "<entrypoint> " + shlex.join(self.args)
+        else:
+            command = "<entrypoint> <cmd>"
+        if self.env:
+            command = "with " + " ".join(name for name, _ in self.env) + " set: " + command
+        return f"run {redact(command)} in a container of {show(self.image, outputs)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtractArchive:
+    """Unpack the build's uploaded input (:mod:`triggerd.planning.archives` rules) into
+    ``destination``; with ``as_file`` the upload is that one file instead."""
+
+    archive: str  # absolute: the stored upload lives outside the workspace
+    destination: str
+    as_file: str = ""
+    max_size: int
+    max_files: int
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        if self.as_file:
+            return f"place the uploaded file as {self.destination}/{self.as_file}"
+        return f"unpack the uploaded archive into {self.destination}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyInto:
+    """Copy the regular files of the directory ``source`` (a workspace path the executor
+    filled: a secret's or config map's keys) into ``destination`` inside the workspace."""
+
+    source: str
+    destination: str
+    what: str  # for the log: 'secret "name"', never a value
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        return f"copy {self.what} into {self.destination}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyFromImage:
+    """Copy ``paths`` ((absolute path in the image, workspace destination directory)) out
+    of a local image: a working container is mounted, read, unmounted and removed.
+
+    A path ending in ``/.`` copies the directory's contents, otherwise the file or the
+    directory itself (OpenShift's rule). Symlinks are copied as links, never followed;
+    device files are skipped.
+    """
+
+    buildah: Buildah
+    image: str
+    paths: tuple[tuple[str, str], ...]
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        listed = ", ".join(f"{src} -> {dst}" for src, dst in self.paths)
+        return f"copy from {self.image}: {listed}"
+
+
+Action = (
+    Command
+    | CopyFromImage
+    | CopyInto
+    | ExtractArchive
+    | MakeDirectory
+    | WriteFile
+    | EditDockerfile
+    | CheckInside
+    | ReadOutput
+    | GenerateS2IDockerfile
+    | RunInImage
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +448,10 @@ def _arg_to_json(arg: Arg) -> Any:
     if isinstance(arg, str):
         return arg
     if isinstance(arg, InWorkspace):
-        return {"path": arg.path, "prefix": arg.prefix}
+        doc = {"path": arg.path, "prefix": arg.prefix}
+        if arg.suffix:
+            doc["suffix"] = arg.suffix
+        return doc
     return {"output": arg.output.value, "prefix": arg.prefix}
 
 
@@ -325,10 +461,36 @@ def _arg_from_json(doc: Any) -> Arg:
     if isinstance(doc, Mapping):
         prefix = str(doc.get("prefix", ""))
         if "path" in doc:
-            return InWorkspace(path=str(doc["path"]), prefix=prefix)
+            return InWorkspace(
+                path=str(doc["path"]), prefix=prefix, suffix=str(doc.get("suffix", ""))
+            )
         if "output" in doc:
             return Captured(output=OutputName(doc["output"]), prefix=prefix)
     raise PlanFormatError(f"malformed argument {doc!r}")
+
+
+def _buildah_to_json(b: Buildah) -> dict[str, Any]:
+    return {
+        "argv": [_arg_to_json(x) for x in b.argv],
+        "env": {k: _arg_to_json(v) for k, v in b.env.items()},
+        "isolation": b.isolation,
+    }
+
+
+def _buildah_from_json(doc: Mapping[str, Any]) -> Buildah:
+    return Buildah(
+        argv=tuple(_arg_from_json(x) for x in doc["argv"]),
+        env={str(k): _arg_from_json(v) for k, v in (doc.get("env") or {}).items()},
+        isolation=str(doc.get("isolation", "chroot")),
+    )
+
+
+def _pairs_to_json(pairs: tuple[tuple[str, Arg], ...]) -> list[list[Any]]:
+    return [[k, _arg_to_json(v)] for k, v in pairs]
+
+
+def _pairs_from_json(doc: Any) -> tuple[tuple[str, Arg], ...]:
+    return tuple((str(k), _arg_from_json(v)) for k, v in doc or [])
 
 
 def _step_to_dict(step: Step) -> dict[str, Any]:
@@ -340,6 +502,9 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             action["env"] = {k: _arg_to_json(v) for k, v in a.env.items()}
         if a.capture is not None:
             action["capture"] = a.capture.value
+        if a.fallback:
+            action["fallback"] = [_arg_to_json(x) for x in a.fallback]
+            action["fallbackMarker"] = a.fallback_marker
     elif isinstance(a, MakeDirectory):
         action = {"kind": "mkdir", "path": a.path}
     elif isinstance(a, WriteFile):
@@ -356,6 +521,54 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             action["from"] = a.from_image
     elif isinstance(a, CheckInside):
         action = {"kind": "checkInside", "root": a.root, "paths": list(a.paths)}
+    elif isinstance(a, GenerateS2IDockerfile):
+        action = {
+            "kind": "generateS2IDockerfile",
+            "buildah": _buildah_to_json(a.buildah),
+            "context": a.context,
+            "output": a.output,
+            "builderImage": a.builder_image,
+            "scriptsURL": a.scripts_url,
+            "env": _pairs_to_json(a.env),
+            "labels": _pairs_to_json(a.labels),
+            "incremental": a.incremental,
+            "previousImage": a.previous_image,
+            "pullPrevious": [_arg_to_json(x) for x in a.pull_previous],
+        }
+    elif isinstance(a, CopyFromImage):
+        action = {
+            "kind": "copyFromImage",
+            "buildah": _buildah_to_json(a.buildah),
+            "image": a.image,
+            "paths": [list(x) for x in a.paths],
+        }
+    elif isinstance(a, CopyInto):
+        action = {
+            "kind": "copyInto",
+            "source": a.source,
+            "destination": a.destination,
+            "what": a.what,
+        }
+    elif isinstance(a, ExtractArchive):
+        action = {
+            "kind": "extractArchive",
+            "archive": a.archive,
+            "destination": a.destination,
+            "asFile": a.as_file,
+            "maxSize": a.max_size,
+            "maxFiles": a.max_files,
+        }
+    elif isinstance(a, RunInImage):
+        action = {
+            "kind": "runInImage",
+            "buildah": _buildah_to_json(a.buildah),
+            "image": _arg_to_json(a.image),
+            "argv": list(a.argv),
+            "args": list(a.args),
+            "defaultCommand": a.default_command,
+            "env": _pairs_to_json(a.env),
+            "mounts": [[_arg_to_json(m[0]), m[1]] for m in a.mounts],
+        }
     else:
         action = {"kind": "readOutput", "path": a.path, "output": a.output.value}
     return {"stage": step.stage.value, "reason": step.reason.value, "action": action}
@@ -371,6 +584,8 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
             argv=tuple(_arg_from_json(x) for x in a["argv"]),
             env={str(k): _arg_from_json(v) for k, v in (a.get("env") or {}).items()},
             capture=Capture(capture) if capture is not None else None,
+            fallback=tuple(_arg_from_json(x) for x in a.get("fallback") or []),
+            fallback_marker=str(a.get("fallbackMarker", "")),
         )
     elif kind == "mkdir":
         action = MakeDirectory(path=str(a["path"]))
@@ -389,6 +604,47 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
         action = CheckInside(root=str(a["root"]), paths=tuple(str(p) for p in a["paths"]))
     elif kind == "readOutput":
         action = ReadOutput(path=str(a["path"]), output=OutputName(a["output"]))
+    elif kind == "generateS2IDockerfile":
+        action = GenerateS2IDockerfile(
+            buildah=_buildah_from_json(a["buildah"]),
+            context=str(a["context"]),
+            output=str(a["output"]),
+            builder_image=str(a["builderImage"]),
+            scripts_url=str(a.get("scriptsURL", "")),
+            env=_pairs_from_json(a.get("env")),
+            labels=_pairs_from_json(a.get("labels")),
+            incremental=bool(a.get("incremental", False)),
+            previous_image=str(a.get("previousImage", "")),
+            pull_previous=tuple(_arg_from_json(x) for x in a.get("pullPrevious") or []),
+        )
+    elif kind == "copyFromImage":
+        action = CopyFromImage(
+            buildah=_buildah_from_json(a["buildah"]),
+            image=str(a["image"]),
+            paths=tuple((str(x[0]), str(x[1])) for x in a["paths"]),
+        )
+    elif kind == "copyInto":
+        action = CopyInto(
+            source=str(a["source"]), destination=str(a["destination"]), what=str(a["what"])
+        )
+    elif kind == "extractArchive":
+        action = ExtractArchive(
+            archive=str(a["archive"]),
+            destination=str(a["destination"]),
+            as_file=str(a.get("asFile", "")),
+            max_size=int(a["maxSize"]),
+            max_files=int(a["maxFiles"]),
+        )
+    elif kind == "runInImage":
+        action = RunInImage(
+            buildah=_buildah_from_json(a["buildah"]),
+            image=_arg_from_json(a["image"]),
+            argv=tuple(str(x) for x in a.get("argv") or []),
+            args=tuple(str(x) for x in a.get("args") or []),
+            default_command=bool(a.get("defaultCommand", False)),
+            env=_pairs_from_json(a.get("env")),
+            mounts=tuple((_arg_from_json(m[0]), str(m[1])) for m in a.get("mounts") or []),
+        )
     else:
         raise PlanFormatError(f"unknown action kind {kind!r}")
     return Step(stage=StageName(doc["stage"]), reason=Reason(doc["reason"]), action=action)

@@ -1,0 +1,299 @@
+"""Binary builds end to end: the instantiatebinary route in a real aiohttp server with the
+real engine, SQLite store and LocalExecutor; uploads made with triggerd.upload (the CLI's
+code) from a directory, a file, an archive and a git repository; unsafe uploads refused
+with 400 naming the path, nothing stored or unpacked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import subprocess
+import tarfile
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.executors.conftest import ExecutorEnv
+from tests.support.ports import free_port
+from triggerd import upload
+from triggerd.engine import Engine
+from triggerd.executors.local import LocalExecutor
+from triggerd.planning import archives
+from triggerd.settings import Settings
+from triggerd.store.sqlite import SqliteStore
+from triggerd.web import binary
+from triggerd.web.app import make_app
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "binary-test-token-0123456789"
+API = "/apis/build.openshift.io/v1/namespaces/team"
+TERMINAL = {"Complete", "Failed", "Error", "Cancelled"}
+
+
+@dataclass
+class Server:
+    url: str
+    session: aiohttp.ClientSession
+    env: ExecutorEnv
+    data_dir: Path
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(method, self.url + API + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def upload(self, config: str, **options: Any) -> tuple[int, Any]:
+        url = f"{self.url}{API}/buildconfigs/{config}/instantiatebinary"
+        status, text = await upload.start_binary(self.session, url, progress=False, **options)
+        return status, json.loads(text)
+
+    async def wait(self, name: str) -> dict[str, Any]:
+        for _ in range(600):
+            _, build = await self.call("GET", f"/builds/{name}")
+            if build["status"]["phase"] in TERMINAL:
+                return dict(build)
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"build {name} did not finish")
+
+
+@contextlib.asynccontextmanager
+async def serving(env: ExecutorEnv, settings: Settings) -> AsyncIterator[Server]:
+    """The real app (engine, SQLite store, LocalExecutor) with the binary routes."""
+    settings = dataclasses.replace(settings, api_tokens=(TOKEN,))
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True)
+    logs = env.logs
+    engine = Engine(
+        settings=settings,
+        store=SqliteStore(data_dir / "triggerd.db"),
+        executor=LocalExecutor(settings, logs, data_dir / "workspaces"),
+        logs=logs,
+    )
+    app = make_app(engine, logs, settings, extra_routes=binary.ROUTES)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+            yield Server(
+                url=f"http://127.0.0.1:{port}", session=session, env=env, data_dir=data_dir
+            )
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(env: ExecutorEnv) -> AsyncIterator[Server]:
+    async with serving(env, env.settings()) as running:
+        yield running
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WithBinaryLimits(Settings):
+    """Settings with maxBinarySize / maxBinaryFiles, the settings the lead adds."""
+
+    max_binary_size: int = archives.DEFAULT_MAX_SIZE
+    max_binary_files: int = archives.DEFAULT_MAX_FILES
+
+
+async def test_upload_over_max_binary_size_is_refused_with_413(
+    env: ExecutorEnv, tmp_path: Path
+) -> None:
+    base = env.settings()
+    settings = WithBinaryLimits(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)},
+        max_binary_size=4096,
+        max_binary_files=3,
+    )
+    async with serving(env, settings) as server:
+        image = server.env.registry.ref("binary/limits", "v1")
+        assert (await server.call("POST", "/buildconfigs", binary_config("limits", image)))[
+            0
+        ] == 201
+        big = tmp_path / "big.bin"
+        big.write_bytes(bytes(5000))
+        status, doc = await server.upload("limits", from_file=str(big))
+        assert status == 413
+        assert "maxBinarySize (4096 bytes)" in doc["message"]
+        many = tmp_path / "many"
+        many.mkdir()
+        for i in range(4):
+            (many / f"f{i}").write_text("x")
+        status, doc = await server.upload("limits", from_dir=str(many))
+        assert status == 400
+        assert "more than 3 entries" in doc["message"]
+        assert (await server.call("GET", "/builds"))[1]["items"] == []
+
+
+def binary_config(name: str, output: str, **binary_options: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "build.openshift.io/v1",
+        "kind": "BuildConfig",
+        "metadata": {"name": name, "namespace": "team"},
+        "spec": {
+            "source": {"type": "Binary", "binary": binary_options},
+            "strategy": {"type": "Docker", "dockerStrategy": {}},
+            "output": {"to": {"kind": "DockerImage", "name": output}},
+        },
+    }
+
+
+def context(tmp: Path, base: str, marker: str) -> Path:
+    directory = tmp / "ctx"
+    directory.mkdir()
+    (directory / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY . /ctx\nRUN test ! -e /ctx/.git && cat /ctx/marker\n"
+    )
+    (directory / "marker").write_text(marker + "\n")
+    (directory / ".git").mkdir()
+    (directory / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return directory
+
+
+async def test_from_dir_builds_and_pushes_without_git(server: Server, tmp_path: Path) -> None:
+    image = server.env.registry.ref("binary/from-dir", "v1")
+    status, _ = await server.call("POST", "/buildconfigs", binary_config("from-dir", image))
+    assert status == 201
+    directory = context(tmp_path, server.env.base_image, "uploaded-dir")
+    status, build = await server.upload("from-dir", from_dir=str(directory))
+    assert status == 201, build
+    assert build["metadata"]["annotations"]["triggerd.dev/binary-input"].startswith("sha256:")
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "uploaded-dir" in log
+    assert server.env.registry.head_digest("binary/from-dir", "v1") is not None
+
+    # The upload is the build's input: the same Build started again needs no new upload.
+    status, rerun = await server.call(
+        "POST",
+        "/buildconfigs/from-dir/instantiate",
+        {"kind": "BuildRequest", "metadata": {"name": "from-dir"}},
+    )
+    assert status == 201
+    rerun_done = await server.wait(rerun["metadata"]["name"])
+    assert rerun_done["status"]["phase"] == "Failed"
+    assert "no upload" in rerun_done["status"]["message"]
+
+
+async def test_from_file_and_from_archive(server: Server, tmp_path: Path) -> None:
+    base = server.env.base_image
+    image = server.env.registry.ref("binary/as-file", "v1")
+    # asFile: the upload is one file next to an inline Dockerfile.
+    config = binary_config("as-file", image)
+    config["spec"]["source"]["dockerfile"] = (
+        f"FROM {base}\nCOPY app.conf /app.conf\nRUN cat /app.conf\n"
+    )
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    single = tmp_path / "app.conf"
+    single.write_text("single-file-content\n")
+    status, build = await server.upload("as-file", from_file=str(single), commit="abc123")
+    assert status == 201, build
+    assert build["spec"]["revision"]["git"]["commit"] == "abc123"
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "single-file-content" in log
+
+    # A prepared zip archive is sent unchanged and unpacked on the server.
+    archive_image = server.env.registry.ref("binary/archive", "v1")
+    config = binary_config("archive", archive_image)
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    directory = context(tmp_path, base, "from-zip")
+    (directory / ".git" / "HEAD").unlink()
+    (directory / ".git").rmdir()
+    zipped = tmp_path / "ctx.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for name in ("Dockerfile", "marker"):
+            zf.write(directory / name, name)
+    status, build = await server.upload("archive", from_archive=str(zipped))
+    assert status == 201, build
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "from-zip" in log
+
+
+async def test_from_repo_sends_the_commit_and_its_revision(server: Server, tmp_path: Path) -> None:
+    image = server.env.registry.ref("binary/from-repo", "v1")
+    assert (await server.call("POST", "/buildconfigs", binary_config("from-repo", image)))[0] == 201
+    repo = make_repository(tmp_path / "repo", server.env.base_image)
+    status, build = await server.upload("from-repo", from_repo=str(repo))
+    assert status == 201, build
+    revision = build["spec"]["revision"]["git"]
+    assert revision["author"] == {"name": "Ada", "email": "ada@example.com"}
+    assert revision["message"] == "Add marker"
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "committed-marker" in log and "uncommitted change" not in log
+
+
+def make_repository(repo: Path, base: str) -> Path:
+    """A local git repository with one commit, plus an uncommitted change."""
+    repo.mkdir()
+    (repo / "Dockerfile").write_text(f"FROM {base}\nCOPY marker /m\nRUN cat /m\n")
+    (repo / "marker").write_text("committed-marker\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=Ada", "-c", "user.email=ada@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "Add marker"], check=True)
+    (repo / "marker").write_text("uncommitted change\n")
+    return repo
+
+
+def evil_tar(name: str) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (evil_tar("../../escape"), "../../escape: '..' is not allowed"),
+        (evil_tar("/etc/escape"), "/etc/escape: absolute paths"),
+        (b"plain text, not an archive" * 40, "not a tar"),
+    ],
+    ids=["traversal", "absolute", "garbage"],
+)
+async def test_unsafe_upload_is_refused_with_400_and_nothing_kept(
+    server: Server, body: bytes, message: str
+) -> None:
+    image = server.env.registry.ref("binary/unsafe", "v1")
+    assert (await server.call("POST", "/buildconfigs", binary_config("unsafe", image)))[0] == 201
+    url = f"{server.url}{API}/buildconfigs/unsafe/instantiatebinary"
+    async with server.session.post(url, data=body) as resp:
+        status, doc = resp.status, await resp.json(content_type=None)
+    assert status == 400
+    assert message in doc["message"]
+    assert (await server.call("GET", "/builds"))[1]["items"] == []
+    uploads = server.data_dir / "uploads"
+    assert [p for p in uploads.rglob("*") if p.is_file()] == []
+
+
+async def test_non_binary_config_and_bad_as_file(server: Server) -> None:
+    image = server.env.registry.ref("binary/git", "v1")
+    config = binary_config("git-config", image)
+    config["spec"]["source"] = {"git": {"uri": "https://example.com/x.git"}}
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    url = f"{server.url}{API}/buildconfigs/git-config/instantiatebinary"
+    async with server.session.post(url, data=b"x") as resp:
+        assert resp.status == 400
+        assert "does not have binary source" in (await resp.json())["message"]
+    async with server.session.post(url, data=b"x", params={"asFile": "../x"}) as resp:
+        assert resp.status == 400
+        assert "asFile" in (await resp.json())["message"]

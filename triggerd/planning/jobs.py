@@ -1,0 +1,600 @@
+"""Render a Build's plan into a batch/v1 Job, and read a finished Job's pod back (pure).
+
+Planning for the Kubernetes executor: the same :func:`triggerd.planning.buildah.render` plan
+the host executor runs, split in two. An init container (non-root, every capability
+dropped) runs the fetch steps — a shallow fetch of exactly the build's commit — and a build
+container (uid 0 with only the capabilities buildah needs, no privilege escalation, read-only
+root) runs the rest with ``python -m triggerd.runner``. Both plans travel in pod annotations
+projected into files by a downward-API volume, so no ConfigMap has to be created or cleaned
+up; each container writes its result JSON to its termination message, which is how the
+digest, the revision and the failure reason come back.
+
+The reading half (:func:`read_pod`, :func:`read_job`) turns pod and Job status documents
+into an Outcome, with OpenShift's reasons for OOM kills, evictions and deadlines. This
+module never talks to the API server, never mounts a Docker socket, and never puts a secret
+value in a manifest (credentials are Secret volume references).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from triggerd.executors.base import Failed, Outcome, Succeeded
+from triggerd.model import meta as metas
+from triggerd.model.builds import Build, Reason, Stage, StageName
+from triggerd.model.specs import SourceRevision
+from triggerd.planning.buildah import PlanContext
+from triggerd.planning.plan import (
+    Capture,
+    Command,
+    OutputName,
+    Plan,
+    Step,
+    revision_from_outputs,
+)
+
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "triggerd"
+BUILD_NAME_LABEL: Final = "openshift.io/build.name"
+JOB_LABEL: Final = "triggerd.dev/job"
+BUILD_NAMESPACE_ANNOTATION: Final = "triggerd.dev/build-namespace"
+BUILD_ANNOTATION: Final = "triggerd.dev/build"
+BUILD_UID_ANNOTATION: Final = "triggerd.dev/build-uid"
+FETCH_PLAN_ANNOTATION: Final = "triggerd.dev/fetch-plan"
+BUILD_PLAN_ANNOTATION: Final = "triggerd.dev/build-plan"
+#: On the BuildConfig (copied to the Build): ask for a privileged build pod.
+PRIVILEGED_ANNOTATION: Final = "triggerd.dev/privileged"
+APPARMOR_ANNOTATION_PREFIX: Final = "container.apparmor.security.beta.kubernetes.io/"
+
+FETCH_CONTAINER: Final = "fetch"
+BUILD_CONTAINER: Final = "build"
+WORKSPACE: Final = "/workspace"
+PLAN_DIR: Final = "/etc/triggerd/plan"
+STORAGE_MOUNT: Final = "/var/lib/containers"
+STORAGE_ROOT: Final = f"{STORAGE_MOUNT}/storage"
+STORAGE_RUNROOT: Final = f"{STORAGE_MOUNT}/run"
+# Mount points of Secret volumes, not secrets.
+PUSH_SECRET_DIR: Final = "/var/run/secrets/triggerd/push"  # noqa: S105
+PULL_SECRET_DIR: Final = "/var/run/secrets/triggerd/pull"  # noqa: S105
+SOURCE_SECRET_DIR: Final = "/var/run/secrets/triggerd/source"  # noqa: S105
+#: The pod's own emptyDir (the root filesystem is read-only), not the host's /tmp.
+POD_TMP: Final = "/tmp"  # noqa: S108
+AUTH_FILE: Final = "config.json"
+SSH_KEY_FILE: Final = "ssh-privatekey"
+TERMINATION_LOG: Final = "/dev/termination-log"
+#: What buildah needs to build without privileges (measured: SETUID/SETGID/SETFCAP for
+#: user namespaces and file capabilities, CHOWN/DAC_OVERRIDE/FOWNER/FSETID for layers).
+BUILD_CAPABILITIES: Final = (
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "SETFCAP",
+)  # fmt: skip
+_MAX_NAME: Final = 63
+_NOT_LABEL_CHARS = re.compile(r"[^a-z0-9-]")
+_DIGEST = re.compile(r'"image\.digest"\s*:\s*"(sha256:[0-9a-f]{64})"')
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """The cluster-side settings a Job needs (from the ``kubernetes`` settings)."""
+
+    namespace: str
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    seccomp_profile: str = "profiles/triggerd-buildah.json"
+    apparmor_unconfined: bool = False
+    allow_privileged: bool = False
+    storage_size_limit: str = "20Gi"
+    ttl_seconds_after_finished: int = 3600
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    fetch_uid: int = 1000
+    insecure_registries: frozenset[str] = frozenset()
+    #: the Build custom resource's uid when the Build is one (ownerReference), else ""
+    owner_uid: str = ""
+    owner_api_version: str = "triggerd.dev/v1"
+
+
+# Names -------------------------------------------------------------------------------------
+
+
+def name_job(namespace: str, build_name: str) -> str:
+    """The Job's name: ``<build>-build`` like OpenShift's build pod, a DNS label of at most
+    63 characters; a hash of the full identity replaces whatever had to be cut or changed."""
+    wanted = f"{build_name}-build"
+    if len(wanted) <= _MAX_NAME and not _NOT_LABEL_CHARS.search(wanted):
+        return wanted
+    digest = hashlib.sha256(f"{namespace}/{build_name}".encode()).hexdigest()[:10]
+    head = _NOT_LABEL_CHARS.sub("-", build_name.lower())[: _MAX_NAME - 17].strip("-")
+    return f"{head}-{digest}-build"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value (≤63, alphanumeric ends), hashed when it does not fit."""
+    if len(text) <= _MAX_NAME and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9]', '-', text)[:50].strip('-')}-{digest}"
+
+
+# Plans -------------------------------------------------------------------------------------
+
+
+def plan_context(build: Build, options: JobOptions) -> PlanContext:
+    """The PlanContext for a build pod: the paths the pod spec below mounts."""
+    output = build.spec.output
+    docker = build.spec.strategy.docker
+    return PlanContext(
+        storage_driver="vfs",
+        root=STORAGE_ROOT,
+        runroot=STORAGE_RUNROOT,
+        isolation="chroot",
+        insecure_registries=options.insecure_registries,
+        push_auth_file=f"{PUSH_SECRET_DIR}/{AUTH_FILE}" if output.push_secret else None,
+        pull_auth_file=(
+            f"{PULL_SECRET_DIR}/{AUTH_FILE}" if docker is not None and docker.pull_secret else None
+        ),
+        git_ssh_key_file=(
+            f"{SOURCE_SECRET_DIR}/{SSH_KEY_FILE}" if build.spec.source.source_secret else None
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SplitPlan:
+    fetch: Plan  # runs in the init container, non-root, network access to the git server
+    build: Plan  # runs in the build container
+
+
+def split_plan(plan: Plan) -> SplitPlan:
+    """The fetch steps for the init container; the rest for the build container.
+
+    The build container re-reads the commit metadata from the checkout (the image labels
+    need it as captured outputs), with ``safe.directory`` set because the checkout belongs
+    to the init container's non-root user.
+    """
+    fetch_steps = tuple(s for s in plan.steps if s.stage is StageName.FETCH_INPUTS)
+    rest = tuple(s for s in plan.steps if s.stage is not StageName.FETCH_INPUTS)
+    recapture: list[Step] = []
+    for step in fetch_steps:
+        action = step.action
+        if isinstance(action, Command) and action.capture is Capture.REVISION:
+            env = dict(action.env)
+            env.update(
+                {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
+                 "GIT_CONFIG_VALUE_0": "*"}
+            )  # fmt: skip
+            recapture.append(dataclasses.replace(step, action=dataclasses.replace(action, env=env)))
+    return SplitPlan(
+        fetch=dataclasses.replace(plan, steps=fetch_steps, image=""),
+        build=dataclasses.replace(plan, steps=tuple(recapture) + rest),
+    )
+
+
+# The Job -----------------------------------------------------------------------------------
+
+
+def render_job(build: Build, plan: Plan, options: JobOptions) -> dict[str, Any]:
+    """The batch/v1 Job that runs ``plan`` (rendered with :func:`plan_context`)."""
+    parts = split_plan(plan)
+    job_name = name_job(build.namespace, build.name)
+    labels = {
+        BUILD_NAME_LABEL: label_value(build.name),
+        MANAGED_BY_LABEL: MANAGED_BY,
+        JOB_LABEL: job_name,
+    }
+    annotations = {
+        BUILD_NAMESPACE_ANNOTATION: build.namespace,
+        BUILD_ANNOTATION: build.name,
+        BUILD_UID_ANNOTATION: build.meta.uid,
+    }
+    privileged = options.allow_privileged and _wants_privileged(build)
+    pod_annotations = {
+        **annotations,
+        FETCH_PLAN_ANNOTATION: json.dumps(parts.fetch.to_dict(), sort_keys=True),
+        BUILD_PLAN_ANNOTATION: json.dumps(parts.build.to_dict(), sort_keys=True),
+    }
+    if options.apparmor_unconfined:
+        pod_annotations[APPARMOR_ANNOTATION_PREFIX + BUILD_CONTAINER] = "unconfined"
+    metadata: dict[str, Any] = {
+        "name": job_name,
+        "namespace": options.namespace,
+        "labels": labels,
+        "annotations": annotations,
+    }
+    if options.owner_uid and build.namespace == options.namespace:
+        # Owner references cannot cross namespaces; the Job is then cleaned by its TTL.
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": options.owner_api_version,
+                "kind": "Build",
+                "name": build.name,
+                "uid": options.owner_uid,
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    node_selector = {**options.node_selector, **build.spec.node_selector}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"fsGroup": options.fetch_uid},
+        "initContainers": [_fetch_container(build, options)],
+        "containers": [_build_container(build, options, privileged=privileged)],
+        "volumes": _volumes(build, options),
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": build.spec.completion_deadline_seconds,
+            "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
+            # A drained node or preemption is not the build's fault: let the Job retry.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    }
+                ]
+            },
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": pod_annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _wants_privileged(build: Build) -> bool:
+    return build.meta.annotations.get(PRIVILEGED_ANNOTATION, "").lower() == "true"
+
+
+def _runner_command(plan_file: str) -> list[str]:
+    return ["python", "-m", "triggerd.runner", f"{PLAN_DIR}/{plan_file}", WORKSPACE,
+            "--result", TERMINATION_LOG]  # fmt: skip
+
+
+def _common_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": POD_TMP},
+    ]
+
+
+def _fetch_container(build: Build, options: JobOptions) -> dict[str, Any]:
+    mounts = _common_mounts()
+    if build.spec.source.source_secret:
+        mounts.append({"name": "source-secret", "mountPath": SOURCE_SECRET_DIR, "readOnly": True})
+    return {
+        "name": FETCH_CONTAINER,
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": _runner_command("fetch.json"),
+        "env": [{"name": "HOME", "value": POD_TMP}],
+        "volumeMounts": mounts,
+        "resources": _resources(options),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsUser": options.fetch_uid,
+            "runAsGroup": options.fetch_uid,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def _build_container(build: Build, options: JobOptions, *, privileged: bool) -> dict[str, Any]:
+    env = [
+        {"name": "HOME", "value": POD_TMP},
+        {"name": "BUILDAH_ISOLATION", "value": "chroot"},
+        {"name": "STORAGE_DRIVER", "value": "vfs"},
+    ]
+    mounts = [*_common_mounts(), {"name": "storage", "mountPath": STORAGE_MOUNT}]
+    if build.spec.output.push_secret:
+        env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{PUSH_SECRET_DIR}/{AUTH_FILE}"})
+        mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
+    docker = build.spec.strategy.docker
+    if docker is not None and docker.pull_secret:
+        mounts.append({"name": "pull-secret", "mountPath": PULL_SECRET_DIR, "readOnly": True})
+    security: dict[str, Any]
+    if privileged:
+        # Only when the settings allow it and the BuildConfig asks; never a Docker socket.
+        security = {"runAsUser": 0, "privileged": True, "readOnlyRootFilesystem": True}
+    else:
+        security = {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": list(BUILD_CAPABILITIES)},
+            "seccompProfile": {
+                "type": "Localhost",
+                "localhostProfile": options.seccomp_profile,
+            },
+        }
+    return {
+        "name": BUILD_CONTAINER,
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": _runner_command("build.json"),
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": _resources(options),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": security,
+    }
+
+
+def _resources(options: JobOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if options.requests:
+        out["requests"] = dict(options.requests)
+    if options.limits:
+        out["limits"] = dict(options.limits)
+    return out
+
+
+def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
+    def annotation(path: str, key: str) -> dict[str, Any]:
+        return {"path": path, "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "storage", "emptyDir": {"sizeLimit": options.storage_size_limit}},
+        {
+            "name": "plan",
+            "downwardAPI": {
+                "items": [
+                    annotation("fetch.json", FETCH_PLAN_ANNOTATION),
+                    annotation("build.json", BUILD_PLAN_ANNOTATION),
+                ]
+            },
+        },
+    ]
+
+    def docker_secret(volume: str, secret: str) -> dict[str, Any]:
+        return {
+            "name": volume,
+            "secret": {
+                "secretName": secret,
+                "items": [{"key": ".dockerconfigjson", "path": AUTH_FILE}],
+                "defaultMode": 0o400,
+            },
+        }
+
+    if build.spec.output.push_secret:
+        volumes.append(docker_secret("push-secret", build.spec.output.push_secret))
+    docker = build.spec.strategy.docker
+    if docker is not None and docker.pull_secret:
+        volumes.append(docker_secret("pull-secret", docker.pull_secret))
+    if build.spec.source.source_secret:
+        volumes.append(
+            {
+                "name": "source-secret",
+                "secret": {
+                    "secretName": build.spec.source.source_secret,
+                    "items": [{"key": SSH_KEY_FILE, "path": SSH_KEY_FILE}],
+                    # group-readable: the init container reads it as fsGroup, not as owner
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+    return volumes
+
+
+# Reading status back ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerResult:
+    """What a container's termination message says (the runner's result JSON)."""
+
+    succeeded: bool
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+    message: str = ""
+    stopped: str = ""
+    snippet: str = ""
+    stages: tuple[Stage, ...] = ()
+    raw_text: str = ""  # when the message was not JSON (FallbackToLogsOnError: log tail)
+
+    @property
+    def revision(self) -> SourceRevision | None:
+        outputs: dict[OutputName, str] = {}
+        for key, value in self.outputs.items():
+            try:
+                outputs[OutputName(key)] = value
+            except ValueError:
+                continue
+        return revision_from_outputs(outputs)
+
+
+def parse_termination_message(text: str) -> RunnerResult:
+    """Parse the runner's result; tolerate a message the kubelet cut at 4096 bytes."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        digest = _DIGEST.search(text)
+        return RunnerResult(
+            succeeded='"succeeded": true' in text,
+            outputs={OutputName.DIGEST.value: digest.group(1)} if digest else {},
+            raw_text=text,
+        )
+    stages = tuple(_parse_stages(doc.get("stages")))
+    outputs = doc.get("outputs") or {}
+    return RunnerResult(
+        succeeded=bool(doc.get("succeeded")),
+        outputs={str(k): str(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {},
+        reason=str(doc.get("reason", "")),
+        message=str(doc.get("message", "")),
+        stopped=str(doc.get("stopped", "")),
+        snippet=str(doc.get("logSnippet", "")),
+        stages=stages,
+    )
+
+
+def _parse_stages(items: Any) -> list[Stage]:
+    stages: list[Stage] = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            start = metas.parse_time(str(item["startTime"]))
+            if start is not None:
+                stages.append(
+                    Stage(
+                        name=StageName(item["name"]),
+                        start_time=start,
+                        duration_ms=int(item.get("durationMilliseconds", 0)),
+                    )
+                )
+        except (KeyError, ValueError, TypeError):
+            continue  # a stage we cannot read costs only its timing
+    return stages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodView:
+    """What a build pod's status says so far."""
+
+    started: bool = False  # the build container is running or has run
+    fetch_result: RunnerResult | None = None  # the init container finished
+    build_result: RunnerResult | None = None
+    outcome: Outcome | None = None  # the pod reached an end
+    fetch_log_ready: bool = False  # containers whose logs can be read
+    build_log_ready: bool = False
+
+
+def read_pod(pod: Mapping[str, Any], *, image: str, deadline_seconds: int) -> PodView:
+    """Interpret one build pod's status (pure; ``image`` is where a success was pushed)."""
+    status = pod.get("status") or {}
+    if status.get("reason") == "Evicted":
+        return PodView(
+            outcome=Failed(
+                reason=Reason.BUILD_POD_EVICTED,
+                message=f"{Reason.BUILD_POD_EVICTED.message} {status.get('message', '')}".strip(),
+                log_snippet="",
+            )
+        )
+    fetch = _container_status(status.get("initContainerStatuses"), FETCH_CONTAINER)
+    build = _container_status(status.get("containerStatuses"), BUILD_CONTAINER)
+    fetch_state = (fetch or {}).get("state") or {}
+    build_state = (build or {}).get("state") or {}
+    fetch_done = fetch_state.get("terminated")
+    build_done = build_state.get("terminated")
+    view = PodView(
+        started=status.get("phase") == "Running" or bool(build_state.get("running") or build_done),
+        fetch_log_ready=bool(fetch_state.get("running") or fetch_done),
+        build_log_ready=bool(build_state.get("running") or build_done),
+    )
+    fetch_result = (
+        parse_termination_message(fetch_done.get("message") or "") if fetch_done else None
+    )
+    view = dataclasses.replace(view, fetch_result=fetch_result)
+    if fetch_done and fetch_done.get("exitCode", 0) != 0:
+        return dataclasses.replace(
+            view, outcome=_failure(fetch_done, fetch_result, Reason.FETCH_SOURCE_FAILED,
+                                   deadline_seconds)
+        )  # fmt: skip
+    if not build_done:
+        return view
+    result = parse_termination_message(build_done.get("message") or "")
+    view = dataclasses.replace(view, build_result=result)
+    if build_done.get("exitCode", 1) == 0 and build_done.get("reason") != "OOMKilled":
+        digest = result.outputs.get(OutputName.DIGEST.value, "") if image else ""
+        return dataclasses.replace(view, outcome=Succeeded(digest=digest, image_reference=image))
+    return dataclasses.replace(
+        view, outcome=_failure(build_done, result, Reason.GENERIC_BUILD_FAILED, deadline_seconds)
+    )
+
+
+def _container_status(statuses: Any, name: str) -> Mapping[str, Any] | None:
+    for item in statuses or []:
+        if isinstance(item, Mapping) and item.get("name") == name:
+            return item
+    return None
+
+
+def _failure(
+    terminated: Mapping[str, Any],
+    result: RunnerResult | None,
+    default: Reason,
+    deadline_seconds: int,
+) -> Failed:
+    snippet = result.snippet if result else ""
+    if terminated.get("reason") == "OOMKilled":
+        return Failed(
+            reason=Reason.OUT_OF_MEMORY_KILLED,
+            message=Reason.OUT_OF_MEMORY_KILLED.message,
+            log_snippet=snippet,
+        )
+    if result is not None and result.stopped == "DeadlineExceeded":
+        return deadline_exceeded(deadline_seconds, snippet)
+    if result is not None and result.reason:
+        try:
+            reason = Reason(result.reason)
+        except ValueError:
+            reason = default
+        return Failed(
+            reason=reason,
+            message=f"{reason.message} {result.message}.".replace("..", ".").strip(),
+            log_snippet=snippet,
+        )
+    text = (result.raw_text if result else "").strip()
+    code = terminated.get("exitCode")
+    return Failed(
+        reason=default,
+        message=f"{default.message} (exit code {code})",
+        log_snippet="\n".join(text.splitlines()[-10:]),
+    )
+
+
+def deadline_exceeded(deadline_seconds: int, snippet: str = "") -> Failed:
+    return Failed(
+        reason=Reason.EXCEEDED_RETRY_TIMEOUT,
+        message=f"{Reason.EXCEEDED_RETRY_TIMEOUT.message} "
+        f"(completionDeadlineSeconds={deadline_seconds})",
+        log_snippet=snippet,
+    )
+
+
+def pod_deleted() -> Failed:
+    return Failed(
+        reason=Reason.BUILD_POD_DELETED, message=Reason.BUILD_POD_DELETED.message, log_snippet=""
+    )
+
+
+def read_job(job: Mapping[str, Any], *, deadline_seconds: int) -> Outcome | None:
+    """An Outcome when the Job itself failed (deadline, backoff after a lost pod)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") != "Failed" or condition.get("status") != "True":
+            continue
+        if condition.get("reason") == "DeadlineExceeded":
+            return deadline_exceeded(deadline_seconds)
+        return pod_deleted()
+    return None
+
+
+def job_finished(job: Mapping[str, Any]) -> bool:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return True
+    return False
