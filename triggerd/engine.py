@@ -43,6 +43,24 @@ UNFINISHED = frozenset({Phase.NEW, Phase.PENDING, Phase.RUNNING})
 ACTIVE = frozenset({Phase.PENDING, Phase.RUNNING})
 
 
+class ImageChangeHooks(Protocol):
+    """What the engine tells image change triggering (triggerd.imagechange_runtime)."""
+
+    async def check_buildconfig(self, config: buildconfigs.BuildConfig) -> None: ...
+
+    async def config_changed(self, config: buildconfigs.BuildConfig, *, created: bool) -> None: ...
+
+    async def config_deleted(self, namespace: str, name: str) -> None: ...
+
+    async def build_finished(self, build: Build) -> None: ...
+
+    async def resolve_request(
+        self, namespace: str, name: str, request: requests.BuildRequest
+    ) -> requests.BuildRequest: ...
+
+    async def status_entries(self, config: buildconfigs.BuildConfig) -> list[dict[str, Any]]: ...
+
+
 class LogSink(Protocol):
     def delete(self, namespace: str, name: str) -> None: ...
 
@@ -76,6 +94,8 @@ class Engine:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.repo_index = matching.RepoIndex()
+        #: set by server.py once the image change runtime exists; None: no image triggers
+        self.image_change: ImageChangeHooks | None = None
 
     # Life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,9 +151,13 @@ class Engine:
         self, doc: Any, *, namespace: str = metas.DEFAULT_NAMESPACE
     ) -> buildconfigs.BuildConfig:
         config = buildconfigs.parse(doc, default_namespace=namespace)
+        if self.image_change is not None:
+            await self.image_change.check_buildconfig(config)
         created = await self.store.create_buildconfig(config)
         self.repo_index.put(created)
         await self._on_created(created)
+        if self.image_change is not None:
+            await self.image_change.config_changed(created, created=True)
         return created
 
     async def replace_buildconfig(
@@ -145,10 +169,14 @@ class Engine:
                 f"metadata.name/namespace {config.namespace}/{config.name} do not match "
                 f"the URL {namespace}/{name}"
             )
+        if self.image_change is not None:
+            await self.image_change.check_buildconfig(config)
         replaced = await self.store.replace_buildconfig(
             config, expected_resource_version=config.meta.resource_version or None
         )
         self.repo_index.put(replaced)
+        if self.image_change is not None:
+            await self.image_change.config_changed(replaced, created=False)
         return replaced
 
     async def apply_buildconfig(
@@ -156,17 +184,23 @@ class Engine:
     ) -> tuple[buildconfigs.BuildConfig, str]:
         """Create or replace; returns the stored config and "created"/"configured"/"unchanged"."""
         config = buildconfigs.parse(doc, default_namespace=namespace)
+        if self.image_change is not None:
+            await self.image_change.check_buildconfig(config)
         try:
             current = await self.store.get_buildconfig(config.namespace, config.name)
         except NotFound:
             created = await self.store.create_buildconfig(config)
             self.repo_index.put(created)
             await self._on_created(created)
+            if self.image_change is not None:
+                await self.image_change.config_changed(created, created=True)
             return created, "created"
         if _user_part(current.raw) == _user_part(config.raw):
             return current, "unchanged"
         replaced = await self.store.replace_buildconfig(config)
         self.repo_index.put(replaced)
+        if self.image_change is not None:
+            await self.image_change.config_changed(replaced, created=False)
         return replaced, "configured"
 
     async def _on_created(self, config: buildconfigs.BuildConfig) -> None:
@@ -176,9 +210,14 @@ class Engine:
         ):
             return
         cause = {"message": CONFIG_CHANGE_CAUSE}
-        await self.instantiate(
-            config.namespace, config.name, requests.BuildRequest(triggered_by=(cause,))
-        )
+        try:
+            await self.instantiate(
+                config.namespace, config.name, requests.BuildRequest(triggered_by=(cause,))
+            )
+        except Conflict as e:
+            # FROM an ImageStreamTag without an image yet: as in OpenShift, the ImageChange
+            # trigger starts the first build once the stream has one.
+            log.info("%s/%s: no ConfigChange build yet: %s", config.namespace, config.name, e)
 
     async def delete_buildconfig(self, namespace: str, name: str) -> None:
         unfinished = stores.BuildQuery(namespace=namespace, config_name=name, phases=UNFINISHED)
@@ -189,6 +228,8 @@ class Engine:
         doomed = [b.name async for b in self.all_builds(everything)]
         await self.store.delete_buildconfig(namespace, name)
         self.repo_index.remove(namespace, name)
+        if self.image_change is not None:
+            await self.image_change.config_deleted(namespace, name)
         for build_name in doomed:
             self.logs.delete(namespace, build_name)
 
@@ -238,6 +279,17 @@ class Engine:
     ) -> stores.Instantiated:
         """Create builds (and record the delivery) durably, then wake the scheduler."""
         await self._check_queue_limit(len(starts))
+        if self.image_change is not None:
+            # A config FROM an ImageStreamTag builds on the stream's newest image.
+            starts = [
+                replace(
+                    s,
+                    request=await self.image_change.resolve_request(
+                        s.namespace, s.config_name, s.request
+                    ),
+                )
+                for s in starts
+            ]
         created = self.clock()
         new = [
             stores.NewBuild(
@@ -454,6 +506,12 @@ class Engine:
                 )
             build = await self._save(build)
         _count(build)
+        if self.image_change is not None:
+            try:
+                # An output to an ImageStreamTag records the image and fires build chains.
+                await self.image_change.build_finished(build)
+            except Exception:
+                log.exception("recording %s/%s in its image stream failed", namespace, name)
         await self._prune(build)
 
     async def _prune(self, finished: Build) -> None:

@@ -84,9 +84,11 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         )
     # Imported here so `triggerd get builds` and friends never load executor machinery.
     from triggerd.executors.local import LocalExecutor
+    from triggerd.imagechange_runtime import create_runtime
     from triggerd.logs import LogStore
     from triggerd.store.sqlite import SqliteStore
-    from triggerd.web import binary, webhooks
+    from triggerd.web import binary, registry_hooks, webhooks
+    from triggerd.web import imagestreams as imagestream_routes
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,12 +97,34 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
     logs = LogStore(data_dir / "logs")
     executor = LocalExecutor(settings, logs, data_dir / "workspaces")
     engine = Engine(settings=settings, store=store, executor=executor, logs=logs)
+    # The runtime opens its aiohttp session lazily, inside the running loop.
+    image_change = create_runtime(
+        engine,
+        stream_registry=settings.image_stream_registry,
+        initial_build=settings.image_change_initial_build,
+    )
+    engine.image_change = image_change
     app = make_app(
         engine,
         logs,
         dataclasses.replace(settings, api_tokens=tokens),
-        extra_routes=[*webhooks.ROUTES, *binary.ROUTES],
+        extra_routes=[
+            *webhooks.ROUTES,
+            *binary.ROUTES,
+            *registry_hooks.ROUTES,
+            *imagestream_routes.ROUTES,
+        ],
     )
+    app[registry_hooks.IMAGE_CHANGE] = image_change
+
+    async def start_image_change(_app: web.Application) -> None:
+        await image_change.start()  # after the engine (make_app's startup hook runs first)
+
+    async def stop_image_change(_app: web.Application) -> None:
+        await image_change.stop()
+
+    app.on_startup.append(start_image_change)
+    app.on_cleanup.insert(0, stop_image_change)  # before the engine closes its store
     return engine, app
 
 

@@ -77,6 +77,10 @@ class Settings:
     max_body_bytes: int = 25 * 1024 * 1024
     delivery_retention_seconds: float = 7 * 86400.0
     image_poll_interval_seconds: float = 300.0
+    #: where builds push images whose output is an ImageStreamTag (host[:port])
+    image_stream_registry: str | None = None
+    #: a new BuildConfig builds once when its ImageChange trigger's image first resolves
+    image_change_initial_build: bool = True
     registry_notifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     buildah: BuildahSettings = field(default_factory=BuildahSettings)
     executor: str = "local"
@@ -114,6 +118,8 @@ _SCALARS: Mapping[str, str] = {
     "maxBodyBytes": "posint",
     "deliveryRetention": "duration",
     "imagePollInterval": "duration",
+    "imageStreamRegistry": "str",
+    "imageChangeInitialBuild": "bool",
     "registryNotifications": "notifications",
     "buildah": "buildah",
     "executor": "executor",
@@ -201,6 +207,10 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
     if kind == "str":
         if not isinstance(value, str):
             raise TypeError("must be a string")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError("must be true or false")
         return value
     if kind == "path":
         return _path(value, base)

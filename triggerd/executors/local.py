@@ -162,6 +162,7 @@ class LocalExecutor:
             runroot=str(self.storage_runroot),
             isolation=settings.buildah.isolation,
             insecure_registries=insecure,
+            image_stream_registry=settings.image_stream_registry,
             push_auth_file=self._push_auth(build, workspace),
             pull_auth_file=self._pull_auth(build, workspace),
             git_ssh_key_file=self._ssh_key(build, workspace),

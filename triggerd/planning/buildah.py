@@ -96,6 +96,8 @@ class PlanContext:
     runroot: str | None = None
     isolation: str = "chroot"
     insecure_registries: frozenset[str] = frozenset()
+    #: ``imageStreamRegistry``: where ImageStreamTag outputs are pushed
+    image_stream_registry: str | None = None
     search_registries: tuple[str, ...] = DEFAULT_SEARCH_REGISTRIES
     push_auth_file: str | None = None
     pull_auth_file: str | None = None
@@ -134,7 +136,7 @@ def render(build: Build, ctx: PlanContext) -> Plan:
     docker = strategy.docker or DockerStrategy()
     s2i = strategy.source if strategy.type is StrategyType.SOURCE else None
     dockerfile_path = posixpath.join(context_dir, docker.dockerfile_path)
-    image = _output_image(build)
+    image = _output_image(build, ctx)
     image_labels = labels(build, ctx)
     if s2i is not None:
         from_image: str | None = _builder_image(
@@ -370,7 +372,7 @@ def render_custom(build: Build, custom: CustomStrategy, ctx: PlanContext) -> Pla
         _docker_image(custom.from_image, "spec.strategy.customStrategy.from"),
         "spec.strategy.customStrategy.from.name",
     )
-    image = _output_image(build)
+    image = _output_image(build, ctx)
     source = build.spec.source
     env: list[tuple[str, Arg]] = [
         ("BUILD", json.dumps(build.to_dict(), separators=(",", ":"), default=str)),
@@ -687,10 +689,19 @@ def _file_arg(path: str) -> Arg:
     return path if path.startswith("/") else InWorkspace(path=path)
 
 
-def _output_image(build: Build) -> str:
+def _output_image(build: Build, ctx: PlanContext) -> str:
     to = build.spec.output.to
     if to is None:
         return ""
+    if to.kind is ReferenceKind.IMAGE_STREAM_TAG:
+        if not ctx.image_stream_registry:
+            raise Unplannable(
+                Reason.INVALID_OUTPUT_REFERENCE,
+                "spec.output.to is an ImageStreamTag but the imageStreamRegistry setting "
+                "is not set",
+            )
+        stream, _, tag = to.name.partition(":")
+        return f"{ctx.image_stream_registry}/{to.namespace or build.namespace}/{stream}:{tag}"
     try:
         ref = references.parse(to.name)
     except ValueError as e:

@@ -234,7 +234,18 @@ async def get_buildconfig(request: web.Request) -> web.Response:
     """Read one BuildConfig."""
     namespace = namespace_of(request)
     config = await request.app[ENGINE].store.get_buildconfig(namespace, request.match_info["name"])
-    return _object_response(config.to_dict(), group_of(request))
+    return _object_response(await _with_image_status(request, config), group_of(request))
+
+
+async def _with_image_status(request: web.Request, config: buildconfigs.BuildConfig) -> Any:
+    """``to_dict`` plus ``status.imageChangeTriggers`` from the image change runtime."""
+    doc = config.to_dict()
+    engine = request.app[ENGINE]
+    if engine.image_change is not None and any(
+        t.type is buildconfigs.TriggerType.IMAGE_CHANGE for t in config.triggers
+    ):
+        doc["status"]["imageChangeTriggers"] = await engine.image_change.status_entries(config)
+    return doc
 
 
 async def replace_buildconfig(request: web.Request) -> web.Response:

@@ -1,0 +1,163 @@
+"""``POST /hooks/registry/{kind}``: registry push notifications into image change triggers.
+
+Each delivery is authenticated first — distribution and Harbor by a configured
+``Authorization`` header value, Docker Hub and Quay by a token in the URL (``?token=``),
+GitHub by its HMAC signature with the GitHub trigger secrets of the BuildConfigs the push
+concerns (or ``registryNotifications.github.secret``) — all compared in constant time. The
+body is then parsed by :mod:`triggerd.intake.registries` and handed to the image change
+runtime, which confirms and acts in the background, so every parseable envelope is
+answered 202 at once; only unauthenticated (401) or unparseable (400/415) ones are
+refused. Never logs a token, header value or signature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from triggerd import errors, imagechange
+from triggerd.image_events import Notification, RegistryKind
+from triggerd.imagechange_runtime import ImageChangeRuntime
+from triggerd.images import watch_metrics as metrics
+from triggerd.intake import registries, signatures
+from triggerd.model import buildconfigs
+from triggerd.web import SETTINGS, auth
+from triggerd.web.api import read_body
+from triggerd.web.openapi import Endpoint, Reply
+
+#: The application key under which server.py stores the image change runtime.
+IMAGE_CHANGE: web.AppKey[ImageChangeRuntime] = web.AppKey("triggerd.imagechange")
+
+HOOK_KINDS = tuple(k for k in RegistryKind if k is not RegistryKind.POLL)
+_HEADER_KINDS = frozenset({RegistryKind.DISTRIBUTION, RegistryKind.HARBOR})
+_TOKEN_KINDS = frozenset({RegistryKind.DOCKERHUB, RegistryKind.QUAY})
+
+
+def _kind(request: web.Request) -> RegistryKind:
+    text = request.match_info["kind"]
+    try:
+        kind = RegistryKind(text)
+    except ValueError:
+        kind = RegistryKind.POLL
+    if kind is RegistryKind.POLL:
+        raise errors.NotFound("registry notification kind", text[:40])
+    return kind
+
+
+def _configured(request: web.Request, kind: RegistryKind) -> dict[str, str]:
+    return dict(request.app[SETTINGS].registry_notifications.get(kind.value, {}))
+
+
+def _check_static(request: web.Request, kind: RegistryKind) -> None:
+    config = _configured(request, kind)
+    if kind in _HEADER_KINDS:
+        expected = config.get("authorization", "")
+        if not expected:
+            raise errors.BadSignature(
+                f"registryNotifications.{kind.value}.authorization is not configured; "
+                "notifications of this kind are refused"
+            )
+        signatures.verify_token(
+            request.headers.get("Authorization"), expected, name="Authorization header"
+        )
+    elif kind in _TOKEN_KINDS:
+        expected = config.get("token", "")
+        if not expected:
+            raise errors.BadSignature(
+                f"registryNotifications.{kind.value}.token is not configured; "
+                "notifications of this kind are refused"
+            )
+        signatures.verify_token(request.query.get("token"), expected, name="token parameter")
+
+
+async def _check_github(
+    request: web.Request, runtime: ImageChangeRuntime, body: bytes, note: Notification
+) -> None:
+    """HMAC with the configured secret, else with the GitHub secrets of concerned configs."""
+    secret = _configured(request, RegistryKind.GITHUB).get("secret", "")
+    candidates: list[str] = [secret] if secret else []
+    if not candidates:
+        keys = {p.key for p in note.pushes}
+        for config in await runtime.engine.store.list_buildconfigs():
+            if not any(w.key in keys for w in imagechange.watched_images(config)):
+                continue
+            for trigger in config.triggers:
+                if trigger.type is buildconfigs.TriggerType.GITHUB and trigger.webhook:
+                    value = runtime.engine.webhook_secret(trigger.webhook)
+                    if value:
+                        candidates.append(value)
+    if not candidates:
+        raise errors.BadSignature(
+            "no secret to verify this GitHub package delivery: set "
+            "registryNotifications.github.secret or a GitHub trigger on a BuildConfig "
+            "that watches the image"
+        )
+    failure: errors.BadSignature | None = None
+    for candidate in candidates:
+        try:
+            signatures.verify_github_headers(body, dict(request.headers), candidate)
+            return
+        except errors.BadSignature as e:
+            failure = e
+    assert failure is not None
+    raise failure
+
+
+@auth.public
+async def receive(request: web.Request) -> web.Response:
+    """Accept one registry push notification (authenticated per kind; see module doc)."""
+    kind = _kind(request)
+    runtime = request.app[IMAGE_CHANGE]
+    try:
+        if kind is not RegistryKind.GITHUB:
+            _check_static(request, kind)
+        body = await read_body(request)
+        note = registries.parse(kind, dict(request.headers), body, request.content_type)
+        if kind is RegistryKind.GITHUB:
+            await _check_github(request, runtime, body, note)
+    except errors.BadSignature:
+        metrics.NOTIFICATIONS.labels(kind.value, "unauthorized").inc()
+        raise
+    except (errors.MalformedPayload, errors.UnsupportedMediaType):
+        metrics.NOTIFICATIONS.labels(kind.value, "malformed").inc()
+        raise
+    # Distribution and Harbor are the registry itself, authenticated: their digest is the
+    # pushed manifest's. Others name no digest, or one we cannot vouch for: confirm by HEAD.
+    trusted = kind in _HEADER_KINDS or kind is RegistryKind.GITHUB
+    accepted = runtime.submit(note, trusted=trusted)
+    metrics.NOTIFICATIONS.labels(kind.value, "accepted" if accepted else "ignored").inc()
+    body_out: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Success",
+        "message": f"{accepted} tag push(es) accepted, {note.ignored} event(s) ignored",
+        "code": 202,
+    }
+    return web.json_response(body_out, status=202)
+
+
+ROUTES: list[Endpoint] = [
+    Endpoint(
+        method="POST",
+        path="/hooks/registry/{kind}",
+        handler=receive,
+        operation_id="receiveRegistryNotification",
+        summary="Receive a registry push notification (distribution, harbor, dockerhub, "
+        "quay, github).",
+        tag="webhooks",
+        body_types=(
+            "application/json",
+            "application/vnd.docker.distribution.events.v1+json",
+            "application/vnd.docker.distribution.events.v2+json",
+        ),
+        body_required=True,
+        responses={
+            202: Reply(description="Accepted; tag pushes are acted on in the background."),
+            400: Reply(description="The body could not be parsed."),
+            401: Reply(description="The notification is not authenticated."),
+            404: Reply(description="Unknown notification kind."),
+            415: Reply(description="Unsupported Content-Type."),
+        },
+    )
+]
