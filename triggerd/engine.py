@@ -65,6 +65,17 @@ class LogSink(Protocol):
     def delete(self, namespace: str, name: str) -> None: ...
 
 
+class Leadership(Protocol):
+    """Leader election (triggerd.leader.LeaderElector): who may schedule and run builds."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+
+#: How often a leader looks for builds another replica created (no in-process wake then).
+SHARED_STORE_POLL_SECONDS = 2.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartRequest:
     namespace: str
@@ -81,8 +92,15 @@ class Engine:
         executor: executors.Executor,
         logs: LogSink,
         clock: Callable[[], datetime] = metas.now,
+        leadership: Leadership | None = None,
     ) -> None:
         self.settings = settings
+        #: None: this process always leads (one machine). Else only the leader schedules,
+        #: runs, recovers and prunes; every replica serves the API and webhooks.
+        self.leadership = leadership
+        self._watch_task: asyncio.Task[None] | None = None
+        self._secrets_task: asyncio.Task[None] | None = None
+        self._secret_names: set[str] = set()
         self.store = store
         self.executor = executor
         self.logs = logs
@@ -103,16 +121,84 @@ class Engine:
         await self.store.open()
         for config in await self.store.list_buildconfigs():
             self.repo_index.put(config)
-        await self.recover()
+            self._secret_names.update(_secret_names(config))
+        if self.leadership is None:
+            await self.recover()
         if self.settings.build_configs:
             await self.load_buildconfig_files(self.settings.build_configs)
+        watch = getattr(self.store, "watch_buildconfigs", None)
+        if watch is not None:
+            # `kubectl apply` of a BuildConfig reaches every replica's repository index.
+            self._watch_task = asyncio.create_task(self._follow_configs(watch), name="bc watch")
+        if hasattr(self.store, "refresh_secrets"):
+            await self.store.refresh_secrets(self._secret_names)
+            self._secrets_task = asyncio.create_task(self._refresh_secrets(), name="secrets")
+        if self.leadership is None or self.leadership.is_leader:
+            await self._lead()
+
+    async def on_leadership(self, leader: bool) -> None:
+        """LeaderElector callback: start leading (recover, schedule) or stop (Jobs go on;
+        the next leader adopts them)."""
+        if leader and self._loop_task is None and not self._stopping:
+            await self.recover()
+            await self._lead()
+        elif not leader:
+            await self._stop_leading()
+
+    async def _lead(self) -> None:
         self._loop_task = asyncio.create_task(self._schedule_forever(), name="scheduler")
         self.wake()
+
+    async def _stop_leading(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        running = list(self._running.values())
+        for run in running:
+            run.cancel()
+        for run in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+
+    async def _follow_configs(self, watch: Callable[[], AsyncIterator[Any]]) -> None:
+        while not self._stopping:
+            try:
+                async for event in watch():
+                    if event.type == "DELETED":
+                        self.repo_index.remove(event.config.namespace, event.config.name)
+                    else:
+                        self.repo_index.put(event.config)
+                        names = _secret_names(event.config) - self._secret_names
+                        self._secret_names.update(names)
+                        refresh = getattr(self.store, "refresh_secrets", None)
+                        if names and refresh is not None:
+                            await refresh(names)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watching BuildConfigs failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _refresh_secrets(self) -> None:
+        """Keep the webhook secrets (read synchronously on the webhook path) current."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.kubernetes.secret_cache_seconds)
+            try:
+                await self.store.refresh_secrets(self._secret_names)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("refreshing webhook secrets failed")
 
     async def stop(self) -> None:
         """Stop scheduling; running host builds are cut off and recovered as Error at the
         next start (Kubernetes Jobs keep running and are adopted)."""
         self._stopping = True
+        for background in (self._watch_task, self._secrets_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -262,6 +348,12 @@ class Engine:
     def named_secret(self, name: str | None, key: str = "WebHookSecretKey") -> str | None:
         if not name:
             return None
+        cached = getattr(self.store, "cached_secret", None)
+        if cached is not None:
+            # Kubernetes mode: a Secret of the namespace, kept fresh by _refresh_secrets
+            value: str | None = cached(name, key)
+            if value is not None:
+                return value
         secret = self.settings.secrets.get(name)
         if secret is None:
             return None
@@ -358,7 +450,12 @@ class Engine:
     async def _schedule_forever(self) -> None:
         full = True  # the first pass after a start looks at everything once
         while not self._stopping:
-            await self._wake.wait()
+            if self.leadership is None:
+                await self._wake.wait()
+            else:
+                # Builds created by a webhook on another replica never wake this one.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SHARED_STORE_POLL_SECONDS)
             self._wake.clear()
             try:
                 await (self.schedule_everything() if full else self.schedule_once())
@@ -490,7 +587,8 @@ class Engine:
                     build, digest=outcome.digest, image_reference=outcome.image_reference
                 )
                 build = lifecycle.advance(build, Phase.COMPLETE, now=now)
-            elif isinstance(outcome, executors.Cancelled):
+            elif isinstance(outcome, executors.Cancelled) or build.status.cancelled:
+                # cancelled through another replica: its Job vanished under the leader
                 build = lifecycle.advance(
                     build, Phase.CANCELLED, now=now, reason=Reason.CANCELLED_BUILD
                 )
@@ -594,6 +692,17 @@ class _Reporter:
         await self.engine.update(
             self.namespace, self.name, lambda b: lifecycle.record_stage(b, stage)
         )
+
+
+def _secret_names(config: buildconfigs.BuildConfig) -> set[str]:
+    """The Secrets a config's webhook triggers name (secretReference, bearer secret)."""
+    names: set[str] = set()
+    for trigger in config.triggers:
+        if trigger.webhook is not None:
+            for name in (trigger.webhook.secret_reference, trigger.webhook.bearer_secret_reference):
+                if name:
+                    names.add(name)
+    return names
 
 
 def _factory(request: requests.BuildRequest, created: datetime) -> stores.BuildFactory:

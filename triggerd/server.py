@@ -18,8 +18,10 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -76,27 +78,61 @@ def ensure_api_token(data_dir: Path) -> str:
 
 def build_components(settings: Settings) -> tuple[Engine, web.Application]:
     """Every component for ``settings``, wired; nothing started yet."""
-    if settings.store != "sqlite":
-        raise errors.PermanentError(f"store {settings.store!r} is not available in this server")
-    if settings.executor != "local":
-        raise errors.PermanentError(
-            f"executor {settings.executor!r} is not available in this server"
-        )
     # Imported here so `triggerd get builds` and friends never load executor machinery.
-    from triggerd.executors.local import LocalExecutor
     from triggerd.imagechange_runtime import create_runtime
     from triggerd.logs import LogStore
-    from triggerd.store.sqlite import SqliteStore
     from triggerd.web import binary, registry_hooks, webhooks
     from triggerd.web import imagestreams as imagestream_routes
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     tokens = settings.api_tokens or (ensure_api_token(data_dir),)
-    store = SqliteStore(data_dir / DATABASE_FILE)
     logs = LogStore(data_dir / "logs")
-    executor = LocalExecutor(settings, logs, data_dir / "workspaces")
-    engine = Engine(settings=settings, store=store, executor=executor, logs=logs)
+    kube_client: Any = None
+    if "kubernetes" in (settings.store, settings.executor):
+        from triggerd import kube
+
+        # connects (kubeconfig or in-cluster) on its first request, inside the event loop
+        kube_client = kube.Kube(settings=settings.kubernetes)
+    store: Any
+    if settings.store == "kubernetes":
+        from triggerd.store.kubernetes import KubernetesStore
+
+        store = KubernetesStore(
+            kube_client,
+            settings.kubernetes.namespace,
+            secret_cache_seconds=settings.kubernetes.secret_cache_seconds,
+        )
+    else:
+        from triggerd.store.sqlite import SqliteStore
+
+        store = SqliteStore(data_dir / DATABASE_FILE)
+    executor: Any
+    if settings.executor == "kubernetes":
+        from triggerd.executors.kubernetes import KubernetesExecutor
+
+        executor = KubernetesExecutor(
+            kube_client, settings.kubernetes, logs, owner_builds=settings.store == "kubernetes"
+        )
+    else:
+        from triggerd.executors.local import LocalExecutor
+
+        executor = LocalExecutor(settings, logs, data_dir / "workspaces")
+    leader = None
+    if kube_client is not None:
+        from triggerd.leader import LeaderElector
+
+        leader = LeaderElector(
+            kube_client,
+            namespace=settings.kubernetes.namespace,
+            name=settings.kubernetes.lease_name,
+            identity=os.environ.get("POD_NAME") or socket.gethostname(),
+            lease_duration_seconds=settings.kubernetes.lease_duration_seconds,
+            renew_interval_seconds=settings.kubernetes.renew_interval_seconds,
+        )
+    engine = Engine(settings=settings, store=store, executor=executor, logs=logs, leadership=leader)
+    if leader is not None:
+        leader.on_change = engine.on_leadership
     # The runtime opens its aiohttp session lazily, inside the running loop.
     image_change = create_runtime(
         engine,
@@ -157,6 +193,9 @@ async def serve(settings: Settings) -> None:
         access_log_class=RouteAccessLogger,
     )
     await runner.setup()  # starts the engine (recovery included) before anyone can connect
+    elector: Any = engine.leadership
+    if elector is not None:
+        elector.start()  # campaigns; engine.on_leadership starts scheduling when it wins
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
@@ -180,8 +219,12 @@ async def serve(settings: Settings) -> None:
             loop.remove_signal_handler(sig)
         for task in list(reloads):
             task.cancel()
+        if elector is not None:
+            await elector.stop()  # a leader releases the Lease: a successor takes over now
         # Closes the listener, awaits in-flight requests, then stops the engine (on_cleanup).
         await runner.cleanup()
+        if elector is not None:
+            await elector.kube.close()
     log.info("triggerd stopped")
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from triggerd import kube
 from triggerd.errors import FieldError, Invalid
+from triggerd.kube import KubernetesSettings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -82,6 +84,7 @@ class Settings:
     #: a new BuildConfig builds once when its ImageChange trigger's image first resolves
     image_change_initial_build: bool = True
     registry_notifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     buildah: BuildahSettings = field(default_factory=BuildahSettings)
     executor: str = "local"
     store: str = "sqlite"
@@ -113,6 +116,7 @@ _SCALARS: Mapping[str, str] = {
     "apiTokens": "strs",
     "maxConcurrentBuilds": "posint",
     "queueLimit": "nonnegint",
+    "kubernetes": "kubernetes",
     "registries": "registries",
     "secrets": "secrets",
     "maxBodyBytes": "posint",
@@ -256,6 +260,11 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         if value not in ("sqlite", "kubernetes"):
             raise ValueError("must be sqlite or kubernetes")
         return value
+    if kind == "kubernetes":
+        try:
+            return kube.parse_settings(value)
+        except Invalid as e:
+            raise ValueError("; ".join(str(c) for c in e.causes)) from e
     if kind == "loglevel":
         if str(value).lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("must be debug, info, warning or error")

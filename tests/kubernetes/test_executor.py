@@ -1,0 +1,310 @@
+"""The Job executor against the fake API server, with the cluster simulator as the node."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+from tests.kubernetes.cluster import DIGEST, JOBS, Cluster, result_message
+from tests.kubernetes.fake_apiserver import FakeApiServer
+from tests.support.processes import async_wait_for
+from triggerd.executors.base import Cancelled, Executor, Failed, Outcome, Succeeded
+from triggerd.executors.kubernetes import KubernetesExecutor
+from triggerd.kube import Kube, KubernetesSettings
+from triggerd.logs import LogStore
+from triggerd.model.builds import Build, Phase, Reason, Stage
+from triggerd.model.specs import SourceRevision
+from triggerd.planning import jobs
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.revisions: list[SourceRevision] = []
+        self.stages: list[Stage] = []
+
+    async def running(self) -> None:
+        self.events.append("running")
+
+    async def revision(self, revision: SourceRevision) -> None:
+        self.events.append("revision")
+        self.revisions.append(revision)
+
+    async def stage(self, stage: Stage) -> None:
+        self.events.append(f"stage:{stage.name.value}")
+        self.stages.append(stage)
+
+
+def make_build(number: int = 1) -> Build:
+    return factories.build("app", number, Phase.PENDING, namespace="triggerd")
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> LogStore:
+    return LogStore(tmp_path / "logs")
+
+
+@pytest.fixture
+def executor(kube: Kube, kube_settings: KubernetesSettings, logs: LogStore) -> KubernetesExecutor:
+    return KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)
+
+
+def test_implements_the_executor_protocol(executor: KubernetesExecutor) -> None:
+    implementation: Executor = executor  # checked by mypy
+    assert implementation is executor
+
+
+async def start(
+    executor: KubernetesExecutor, build: Build, cluster: Cluster
+) -> tuple[asyncio.Task[Outcome], Recorder, str]:
+    recorder = Recorder()
+    task = asyncio.create_task(executor.run(build, recorder))
+    job_name = jobs.name_job(build.namespace, build.name)
+    await async_wait_for(lambda: cluster.pod_names(job_name), timeout=10, what="the build pod")
+    return task, recorder, job_name
+
+
+async def fetch_ok(cluster: Cluster, job_name: str) -> None:
+    cluster.start_fetch(job_name, b"Cloning...\n")
+    cluster.finish_fetch(job_name, message=result_message(commit=COMMIT, stages=("FetchInputs",)))
+
+
+async def test_create_runs_to_complete_with_digest(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer, logs: LogStore
+) -> None:
+    build = make_build()
+    task, recorder, job_name = await start(executor, build, cluster)
+    await fetch_ok(cluster, job_name)
+    await async_wait_for(lambda: recorder.revisions, timeout=10, what="revision reported")
+    assert "running" not in recorder.events  # pod still Pending while the init runs
+    cluster.start_build(job_name, b"STEP 1/2: FROM busybox\n")
+    await async_wait_for(lambda: "running" in recorder.events, timeout=10, what="Running")
+    cluster.log(job_name, "build", b"STEP 2/2: RUN true\n")
+    cluster.finish_build(
+        job_name,
+        message=result_message(digest=DIGEST, stages=("FetchInputs", "Build", "PushImage")),
+    )
+    outcome = await asyncio.wait_for(task, 15)
+    assert outcome == Succeeded(digest=DIGEST, image_reference="127.0.0.1:5000/team/app:latest")
+    assert recorder.revisions[0].commit == COMMIT
+    assert [s.name.value for s in recorder.stages] == ["FetchInputs", "Build", "PushImage"]
+    text = logs.read("triggerd", build.name).decode()
+    assert "Cloning..." in text and "STEP 1/2" in text and "STEP 2/2" in text
+    assert not logs.is_live("triggerd", build.name)
+    assert apiserver.calls.creates[JOBS] == [job_name]
+
+
+def _oom(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.finish_build(job, exit_code=137, reason="OOMKilled")
+
+
+def _evict(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.evict(job)
+
+
+def _docker_failed(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job, b"error: RUN false\n")
+    cluster.finish_build(
+        job,
+        exit_code=1,
+        message=result_message(
+            succeeded=False, reason="DockerBuildFailed", message="buildah bud exited with 1"
+        ),
+    )
+
+
+def _not_json(cluster: Cluster, job: str) -> None:
+    # FallbackToLogsOnError: the message is the log tail when the runner wrote nothing
+    cluster.start_build(job)
+    cluster.finish_build(job, exit_code=2, message="Traceback...\nboom")
+
+
+def _deleted(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.delete_pod(job)
+
+
+def _deadline(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.exceed_deadline(job)
+
+
+def _runner_deadline(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.finish_build(
+        job, exit_code=3, message=result_message(succeeded=False, stopped="DeadlineExceeded")
+    )
+
+
+@pytest.mark.parametrize(
+    ("act", "reason"),
+    [
+        (_oom, Reason.OUT_OF_MEMORY_KILLED),
+        (_evict, Reason.BUILD_POD_EVICTED),
+        (_docker_failed, Reason.DOCKER_BUILD_FAILED),
+        (_not_json, Reason.GENERIC_BUILD_FAILED),
+        (_deleted, Reason.BUILD_POD_DELETED),
+        (_deadline, Reason.EXCEEDED_RETRY_TIMEOUT),
+        (_runner_deadline, Reason.EXCEEDED_RETRY_TIMEOUT),
+    ],
+    ids=["oom", "evicted", "docker-failed", "not-json", "pod-deleted", "deadline",
+         "runner-deadline"],
+)  # fmt: skip
+async def test_failures_map_to_openshift_reasons(
+    executor: KubernetesExecutor,
+    cluster: Cluster,
+    act: Callable[[Cluster, str], None],
+    reason: Reason,
+) -> None:
+    task, _, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    act(cluster, job_name)
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.reason is reason
+    if reason is Reason.EXCEEDED_RETRY_TIMEOUT:
+        assert "completionDeadlineSeconds=" in outcome.message
+
+
+async def test_fetch_failure_is_fetch_source_failed(
+    executor: KubernetesExecutor, cluster: Cluster, logs: LogStore
+) -> None:
+    build = make_build()
+    task, recorder, job_name = await start(executor, build, cluster)
+    cluster.start_fetch(job_name, b"fatal: repository not found\n")
+    cluster.finish_fetch(
+        job_name,
+        exit_code=1,
+        message=result_message(succeeded=False, reason="FetchSourceFailed", message="git fetch"),
+    )
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Failed) and outcome.reason is Reason.FETCH_SOURCE_FAILED
+    assert "running" not in recorder.events
+    assert "repository not found" in logs.read("triggerd", build.name).decode()
+
+
+async def test_cancel_deletes_the_job(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    build = make_build()
+    task, _, job_name = await start(executor, build, cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    assert await executor.cancel(build.namespace, build.name)
+    assert await asyncio.wait_for(task, 15) == Cancelled()
+    assert cluster.job(job_name) is None
+    assert cluster.pod_names(job_name) == []  # background propagation removed the pod
+    assert not await executor.cancel(build.namespace, build.name)
+
+
+async def test_restart_adopts_the_job_without_a_second_one(
+    kube: Kube,
+    kube_settings: KubernetesSettings,
+    cluster: Cluster,
+    apiserver: FakeApiServer,
+    logs: LogStore,
+) -> None:
+    build = make_build()
+    first = KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)
+    task, _, job_name = await start(first, build, cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name, b"half way\n")
+    task.cancel()  # the server process dies
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    second = KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)
+    running = dataclasses.replace(
+        build, status=dataclasses.replace(build.status, phase=Phase.RUNNING)
+    )
+    assert await second.recover(running) is None
+    recorder = Recorder()
+    task = asyncio.create_task(second.run(running, recorder))
+    await async_wait_for(lambda: "running" in recorder.events, timeout=10, what="adopted")
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Succeeded) and outcome.digest == DIGEST
+    assert apiserver.calls.creates[JOBS] == [job_name]
+    assert apiserver.calls.create_conflicts[JOBS] == [job_name]  # the restart's attempt
+    assert len(cluster.pods_made) == 1
+    assert logs.read("triggerd", build.name).decode().count("half way") == 1
+
+
+async def test_recover_without_job_is_an_outcome(executor: KubernetesExecutor) -> None:
+    build = make_build()
+    running = dataclasses.replace(
+        build, status=dataclasses.replace(build.status, phase=Phase.RUNNING)
+    )
+    outcome = await executor.recover(running)
+    assert isinstance(outcome, Failed) and outcome.reason is Reason.BUILD_POD_DELETED
+    pending = await executor.recover(build)
+    assert isinstance(pending, Failed) and pending.reason is Reason.SERVER_RESTARTED
+
+
+async def test_watch_expiry_relists_and_resumes(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    task, recorder, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    await async_wait_for(lambda: recorder.revisions, timeout=10, what="revision")
+    apiserver.compact()  # the open watch gets an ERROR 410 event
+    cluster.start_build(job_name)
+    await async_wait_for(lambda: apiserver.calls.gone >= 1, timeout=10, what="410 seen")
+    # relisted, then resumed watching from the list's resourceVersion
+    await async_wait_for(lambda: apiserver.calls.watches >= 2, timeout=10, what="new watch")
+    await async_wait_for(lambda: "running" in recorder.events, timeout=10, what="Running")
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Succeeded) and outcome.digest == DIGEST
+    assert "running" in recorder.events
+    assert apiserver.calls.watches >= 2
+
+
+async def test_unplannable_build_fails_without_a_job(
+    executor: KubernetesExecutor, apiserver: FakeApiServer
+) -> None:
+    doc = factories.buildconfig_doc("bad", namespace="triggerd")
+    doc["spec"]["strategy"]["dockerStrategy"] = {"env": [{"name": "A B", "value": "x"}]}
+    from triggerd.model import buildconfigs, requests
+
+    bc = buildconfigs.parse(doc)
+    build = requests.instantiate(bc, requests.BuildRequest(), number=1, uid="u",
+                                 created=factories.T0)  # fmt: skip
+    outcome = await executor.run(build, Recorder())
+    assert isinstance(outcome, Failed) and outcome.reason is Reason.DOCKER_BUILD_FAILED
+    assert JOBS not in apiserver.calls.creates
+
+
+async def test_stale_job_of_an_earlier_same_named_build_is_replaced(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    old = make_build()
+    task, _, job_name = await start(executor, old, cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+    assert cluster.job(job_name) is not None  # kept until its TTL
+
+    # the config was deleted and created again: a new build with the same name
+    new = dataclasses.replace(old, meta=dataclasses.replace(old.meta, uid="another-uid"))
+    task, _, _ = await start(executor, new, cluster)
+    await async_wait_for(
+        lambda: len(apiserver.calls.creates[JOBS]) == 2, timeout=10, what="a new Job"
+    )
+    job = cluster.job(job_name)
+    assert job is not None
+    assert job["metadata"]["annotations"][jobs.BUILD_UID_ANNOTATION] == "another-uid"
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)

@@ -1,0 +1,237 @@
+"""The Job renderer (pure): manifests validated against the Kubernetes OpenAPI schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
+import pytest
+
+from tests import factories
+from triggerd.model import buildconfigs, requests
+from triggerd.model.builds import Build, Reason, StageName
+from triggerd.planning import buildah, jobs
+from triggerd.planning.plan import Capture, Command, Plan
+
+#: The oldest Kubernetes the manifests must be valid for (podFailurePolicy is on by default).
+K8S_VERSION = "1.30.0"
+SECRET_WORDS = ("s3cr3t-value",)
+
+
+def make_build(name: str = "app", *, annotations: dict[str, str] | None = None,
+               **spec: Any) -> Build:  # fmt: skip
+    doc = factories.buildconfig_doc(name, namespace="triggerd")
+    doc["spec"].update(spec)
+    if annotations:
+        doc["metadata"]["annotations"] = annotations
+    config = buildconfigs.parse(doc)
+    build = requests.instantiate(
+        config, requests.BuildRequest(), number=1, uid="build-uid", created=factories.T0
+    )
+    return build
+
+
+def options(**overrides: Any) -> jobs.JobOptions:
+    values: dict[str, Any] = {
+        "namespace": "triggerd",
+        "image": "registry.example.com/triggerd:1",
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+    values.update(overrides)
+    return jobs.JobOptions(**values)
+
+
+def render(build: Build, opts: jobs.JobOptions) -> tuple[dict[str, Any], Plan]:
+    plan = buildah.render(build, jobs.plan_context(build, opts))
+    return jobs.render_job(build, plan, opts), plan
+
+
+def containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = job["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+
+
+FULL_SPEC: dict[str, Any] = {
+    "output": {
+        "to": {"kind": "DockerImage", "name": "registry.example.com/team/app:latest"},
+        "pushSecret": {"name": "push-creds"},
+    },
+    "source": {
+        "type": "Git",
+        "git": {"uri": "git@git.example.com:team/app.git", "ref": "main"},
+        "sourceSecret": {"name": "git-ssh"},
+    },
+    "strategy": {
+        "type": "Docker",
+        "dockerStrategy": {
+            "from": {"kind": "DockerImage", "name": "busybox:1.36"},
+            "pullSecret": {"name": "pull-creds"},
+        },
+    },
+    "nodeSelector": {"kubernetes.io/arch": "amd64"},
+    "completionDeadlineSeconds": 900,
+}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["minimal", "secrets-and-selectors"])
+@pytest.mark.parametrize("owner", [False, True], ids=["no-owner", "owned-by-build"])
+def test_jobs_validate_strictly(full: bool, owner: bool) -> None:
+    build = make_build(**(FULL_SPEC if full else {}))
+    job, _ = render(build, options(owner_uid="cr-uid" if owner else ""))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert ("ownerReferences" in job["metadata"]) is owner
+
+
+def test_security_settings() -> None:
+    build = make_build(**FULL_SPEC)
+    job, _ = render(build, options(seccomp_profile="profiles/buildah.json"))
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 900
+    assert spec["ttlSecondsAfterFinished"] == 3600
+    assert spec["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    by_name = containers(job)
+    fetch = by_name["fetch"]["securityContext"]
+    assert fetch["runAsNonRoot"] is True and fetch["runAsUser"] != 0
+    assert fetch["capabilities"] == {"drop": ["ALL"]}
+    assert fetch["allowPrivilegeEscalation"] is False
+    build_ctx = by_name["build"]["securityContext"]
+    assert build_ctx["runAsUser"] == 0
+    assert build_ctx["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "SETFCAP"],
+    }
+    assert build_ctx["allowPrivilegeEscalation"] is False
+    assert build_ctx["readOnlyRootFilesystem"] is True
+    assert build_ctx["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "profiles/buildah.json",
+    }
+    assert "privileged" not in build_ctx
+    env = {e["name"]: e["value"] for e in by_name["build"]["env"]}
+    assert env["BUILDAH_ISOLATION"] == "chroot"
+    assert env["REGISTRY_AUTH_FILE"] == "/var/run/secrets/triggerd/push/config.json"
+    for container in by_name.values():
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert "--result" in container["command"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["storage"]["emptyDir"]["sizeLimit"] == "20Gi"
+    assert volumes["push-secret"]["secret"]["secretName"] == "push-creds"
+    assert volumes["push-secret"]["secret"]["items"] == [
+        {"key": ".dockerconfigjson", "path": "config.json"}
+    ]
+    push_mount = next(m for m in by_name["build"]["volumeMounts"] if m["name"] == "push-secret")
+    assert push_mount["readOnly"] is True
+    text = json.dumps(job)
+    assert "docker.sock" not in text and "hostPath" not in text
+    labels = job["metadata"]["labels"]
+    assert labels["openshift.io/build.name"] == build.name
+    assert labels["app.kubernetes.io/managed-by"] == "triggerd"
+
+
+def test_apparmor_annotation_is_optional() -> None:
+    job, _ = render(make_build(), options(apparmor_unconfined=True))
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["container.apparmor.security.beta.kubernetes.io/build"] == "unconfined"
+    job, _ = render(make_build(), options())
+    assert not any("apparmor" in k for k in job["spec"]["template"]["metadata"]["annotations"])
+
+
+@pytest.mark.parametrize(
+    ("allowed", "asked", "privileged"),
+    [(False, False, False), (False, True, False), (True, False, False), (True, True, True)],
+)
+def test_privileged_needs_both_the_setting_and_the_annotation(
+    allowed: bool, asked: bool, privileged: bool
+) -> None:
+    annotations = {jobs.PRIVILEGED_ANNOTATION: "true"} if asked else None
+    build = make_build(annotations=annotations)
+    build = build if not asked else _with_annotations(build, annotations or {})
+    job, _ = render(build, options(allow_privileged=allowed))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    ctx = containers(job)["build"]["securityContext"]
+    assert ctx.get("privileged", False) is privileged
+
+
+def _with_annotations(build: Build, annotations: dict[str, str]) -> Build:
+    import dataclasses
+
+    meta = dataclasses.replace(build.meta, annotations={**build.meta.annotations, **annotations})
+    return dataclasses.replace(build, meta=meta)
+
+
+def test_names_are_deterministic_short_dns_labels() -> None:
+    assert jobs.name_job("ns", "app-1") == "app-1-build"
+    long_name = "a" * 60 + ".b-1"
+    name = jobs.name_job("ns", long_name)
+    assert len(name) <= 63 and name == jobs.name_job("ns", long_name)
+    assert name != jobs.name_job("other", long_name)
+    assert all(c.isalnum() or c == "-" for c in name)
+    assert jobs.label_value("x" * 80) != "x" * 80 and len(jobs.label_value("x" * 80)) <= 63
+
+
+def test_the_plan_is_split_between_init_and_build_containers() -> None:
+    build = make_build(**FULL_SPEC)
+    job, plan = render(build, options())
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    fetch = Plan.from_dict(json.loads(annotations[jobs.FETCH_PLAN_ANNOTATION]))
+    rest = Plan.from_dict(json.loads(annotations[jobs.BUILD_PLAN_ANNOTATION]))
+    assert {s.stage for s in fetch.steps} == {StageName.FETCH_INPUTS}
+    assert fetch.image == "" and rest.image == plan.image
+    argv = [a for s in fetch.steps if isinstance(s.action, Command) for a in s.action.argv]
+    assert "fetch" in argv and "--depth=1" in argv
+    # the build container re-reads the commit (labels need it) from the foreign-owned checkout
+    first = rest.steps[0].action
+    assert isinstance(first, Command) and first.capture is Capture.REVISION
+    assert first.env["GIT_CONFIG_KEY_0"] == "safe.directory"
+    non_fetch = [s for s in plan.steps if s.stage is not StageName.FETCH_INPUTS]
+    assert list(rest.steps[1:]) == non_fetch
+    for container in containers(job).values():
+        paths = [p for p in container["command"] if p.startswith(jobs.PLAN_DIR)]
+        assert len(paths) == 1
+
+
+def test_no_secret_values_in_the_manifest() -> None:
+    build = make_build(**FULL_SPEC)
+    job, _ = render(build, options())
+    assert "s3cr3t" not in json.dumps(job)
+
+
+def test_truncated_termination_message_still_yields_the_digest() -> None:
+    digest = "sha256:" + "cd" * 32
+    full = json.dumps(
+        {"succeeded": True, "outputs": {"image.digest": digest}, "logSnippet": "x" * 5000}
+    )
+    result = jobs.parse_termination_message(full[:4096])
+    assert result.succeeded and result.outputs["image.digest"] == digest
+    pod = {
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {"name": "build",
+                 "state": {"terminated": {"exitCode": 0, "message": full[:4096]}}}
+            ],
+        }
+    }  # fmt: skip
+    view = jobs.read_pod(pod, image="r/x:1", deadline_seconds=10)
+    assert view.outcome is not None and getattr(view.outcome, "digest", "") == digest
+
+
+def test_unknown_failure_reason_falls_back_to_generic() -> None:
+    message = json.dumps({"succeeded": False, "reason": "SomethingNew", "message": "m"})
+    pod = {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "build", "state": {"terminated": {"exitCode": 1, "message": message}}}
+            ],
+        }
+    }
+    view = jobs.read_pod(pod, image="", deadline_seconds=10)
+    assert getattr(view.outcome, "reason", None) is Reason.GENERIC_BUILD_FAILED

@@ -1,0 +1,168 @@
+"""Leader election on a Lease, and two replicas handing over a running build."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+from tests.kubernetes.cluster import DIGEST, JOBS, Cluster, result_message
+from tests.kubernetes.conftest import NAMESPACE
+from tests.kubernetes.fake_apiserver import FakeApiServer
+from tests.kubernetes.test_executor import COMMIT, Recorder
+from tests.kubernetes.test_store import new_build
+from tests.support.processes import async_wait_for
+from triggerd.executors.base import Succeeded
+from triggerd.executors.kubernetes import KubernetesExecutor
+from triggerd.kube import Kube, KubernetesSettings, connect
+from triggerd.leader import LeaderElector
+from triggerd.logs import LogStore
+from triggerd.model.builds import Phase
+from triggerd.planning import jobs
+from triggerd.store.base import BuildQuery
+from triggerd.store.kubernetes import KubernetesStore
+
+LEASES = ("coordination.k8s.io/v1", "leases")
+
+
+class Replica:
+    """One triggerd process as far as Kubernetes mode goes: client, store, elector."""
+
+    def __init__(self, kube: Kube, name: str, settings: KubernetesSettings, logs: Path) -> None:
+        self.kube = kube
+        self.changes: list[bool] = []
+        self.store = KubernetesStore(kube, NAMESPACE)
+        self.executor = KubernetesExecutor(
+            kube, settings, LogStore(logs / name), owner_builds=True, recheck_seconds=1
+        )
+        self.elector = LeaderElector(
+            kube,
+            namespace=NAMESPACE,
+            name="triggerd-leader",
+            identity=name,
+            lease_duration_seconds=settings.lease_duration_seconds,
+            renew_interval_seconds=settings.renew_interval_seconds,
+            on_change=self._changed,
+        )
+
+    async def _changed(self, leader: bool) -> None:
+        self.changes.append(leader)
+
+
+@pytest.fixture
+async def replicas(
+    kube_settings: KubernetesSettings, tmp_path: Path
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    clients = [Kube(await connect(kube_settings)) for _ in range(2)]
+    pair = (
+        Replica(clients[0], "replica-a", kube_settings, tmp_path),
+        Replica(clients[1], "replica-b", kube_settings, tmp_path),
+    )
+    try:
+        yield pair
+    finally:
+        for replica in pair:
+            await replica.elector.stop()
+        for client in clients:
+            await client.close()
+
+
+async def test_one_leader_and_clean_hand_over(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    a, b = replicas
+    a.elector.start()
+    await async_wait_for(lambda: a.elector.is_leader, timeout=5, what="a leads")
+    b.elector.start()
+    await asyncio.sleep(0)  # let b campaign at least once
+    await async_wait_for(lambda: b.elector._observed is not None, timeout=5, what="b looked")
+    assert not b.elector.is_leader
+    await a.elector.stop()  # releases the Lease
+    assert a.changes == [True, False]
+    lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+    assert lease is not None and lease["spec"]["holderIdentity"] in ("", "replica-b")
+    # b takes over on its next round, well before the 2 s lease would have expired
+    await async_wait_for(lambda: b.elector.is_leader, timeout=1.5, what="b leads")
+    lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+    assert lease is not None and lease["spec"]["leaseTransitions"] >= 1
+
+
+async def test_leader_loses_on_conflict(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    a, _ = replicas
+    assert await a.elector.try_once()
+    lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+    assert lease is not None
+    # Another writer moves the Lease on between a's read and write
+    original_get = a.kube.get
+
+    async def get_then_steal(path: str) -> dict[str, object]:
+        doc = await original_get(path)
+        stolen = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+        assert stolen is not None
+        stolen["spec"]["holderIdentity"] = "intruder"
+        apiserver.put(LEASES, stolen)
+        return doc
+
+    a.kube.get = get_then_steal  # type: ignore[method-assign]
+    try:
+        assert not await a.elector.try_once()
+    finally:
+        a.kube.get = original_get  # type: ignore[method-assign]
+    assert a.changes == [True, False]
+    assert not await a.elector.try_once()  # the intruder's fresh lease is respected
+
+
+async def test_crashed_leader_is_replaced_after_expiry(replicas: tuple[Replica, Replica]) -> None:
+    a, b = replicas
+    assert await a.elector.try_once()
+    assert not await b.elector.try_once()
+    # a dies without releasing: b must wait out the lease duration (2 s) from its own view
+    await async_wait_for(b.elector.try_once, timeout=5, what="b takes the expired lease")
+    assert not await a.elector.try_once()  # the old leader comes back: it follows
+
+
+async def test_hand_over_mid_build_adopts_the_job(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer, cluster: Cluster
+) -> None:
+    a, b = replicas
+    await a.store.create_buildconfig(factories.buildconfig("app", namespace=NAMESPACE))
+    # the webhook lands on b, which is not the leader: it only records the Build
+    assert await a.elector.try_once() and not await b.elector.try_once()
+    build = (await b.store.instantiate([new_build()])).builds[0]
+
+    # the leader (a) sees it and runs it
+    pending = (await a.store.list_builds(BuildQuery(phases=frozenset({Phase.NEW})))).builds
+    assert [x.name for x in pending] == [build.name]
+    task = asyncio.create_task(a.executor.run(build, Recorder()))
+    job_name = jobs.name_job(build.namespace, build.name)
+    await async_wait_for(lambda: cluster.pod_names(job_name), timeout=5, what="pod")
+    job = cluster.job(job_name)
+    assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == build.meta.uid
+    cluster.start_fetch(job_name)
+    cluster.finish_fetch(job_name, message=result_message(commit=COMMIT))
+    cluster.start_build(job_name)
+
+    # a crashes; b takes over once the lease expires, recovers and adopts the Job
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await async_wait_for(b.elector.try_once, timeout=5, what="b leads")
+    running = dataclasses.replace(
+        build, status=dataclasses.replace(build.status, phase=Phase.RUNNING)
+    )
+    assert await b.executor.recover(running) is None
+    task = asyncio.create_task(b.executor.run(running, Recorder()))
+    await async_wait_for(
+        lambda: apiserver.calls.create_conflicts.get(JOBS), timeout=5, what="adoption"
+    )
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    outcome = await asyncio.wait_for(task, 10)
+    assert isinstance(outcome, Succeeded) and outcome.digest == DIGEST
+    assert apiserver.calls.creates[JOBS] == [job_name]
+    assert len(cluster.pods_made) == 1
+    assert len(apiserver.list(("triggerd.dev/v1", "builds"), NAMESPACE)) == 1

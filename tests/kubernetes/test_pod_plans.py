@@ -1,0 +1,132 @@
+"""The build pod's two plans run for real (git, buildah, registry) with the real runner.
+
+The Job's init and build containers cannot run here (no cluster), so this runs exactly the
+plans the Job carries — taken back out of the rendered Job's annotations — one after the
+other on one workspace, as the pod would, with ``--result`` files standing in for the
+termination logs. The checkout is handed to uid 1000 in between, as the non-root init
+container leaves it; only buildah's storage paths differ from the pod's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.gitrepo import GitRepoFactory
+from tests.support.registry import Registry
+from triggerd.executors.base import Failed, Succeeded
+from triggerd.model import builds
+from triggerd.planning import buildah, jobs
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """buildah storage standing in for the pod's emptyDir (shared by this module's builds)."""
+    return tmp_path_factory.mktemp("pod-storage")
+
+
+def run_plan(plan_json: str, plan_dir: Path, name: str, workspace: Path, result: Path) -> int:
+    path = plan_dir / name
+    path.write_text(plan_json, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "triggerd.runner", str(path), str(workspace),
+         "--result", str(result)],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "HOME": str(workspace.parent)},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    return done.returncode
+
+
+def pod_status(fetch_exit: int, fetch_message: str, build_exit: int | None, build_message: str
+               ) -> dict[str, object]:  # fmt: skip
+    def terminated(name: str, code: int, message: str) -> dict[str, object]:
+        return {"name": name, "state": {"terminated": {"exitCode": code, "message": message}}}
+
+    status: dict[str, object] = {
+        "initContainerStatuses": [terminated("fetch", fetch_exit, fetch_message)]
+    }
+    if build_exit is not None:
+        status["containerStatuses"] = [terminated("build", build_exit, build_message)]
+    return {"status": status}
+
+
+@pytest.mark.parametrize("dockerfile_ok", [True, False], ids=["builds", "fails"])
+def test_the_jobs_plans_build_and_push(
+    tmp_path: Path,
+    storage: Path,
+    registry: Registry,
+    base_image: str,
+    git_repo_factory: GitRepoFactory,
+    dockerfile_ok: bool,
+) -> None:
+    run_line = "RUN echo built > /built" if dockerfile_ok else "RUN false"
+    repo = git_repo_factory(
+        name="k8s-pod", files={"Dockerfile": f"FROM {base_image}\n{run_line}\n"}
+    )
+    image = registry.ref(f"k8s-pod-plan-{str(dockerfile_ok).lower()}", "latest")
+    build = builds.from_dict(
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": "pod-1", "namespace": "triggerd", "uid": "u1"},
+            "spec": {
+                "source": {"type": "Git", "git": {"uri": repo.git_url, "ref": "main"}},
+                "strategy": {"type": "Docker", "dockerStrategy": {}},
+                "output": {"to": {"kind": "DockerImage", "name": image}},
+            },
+        }
+    )
+    options = jobs.JobOptions(
+        namespace="triggerd", image="unused", insecure_registries=frozenset({registry.host})
+    )
+    ctx = dataclasses.replace(
+        jobs.plan_context(build, options),
+        root=str(storage / "storage"),
+        runroot=str(storage / "run"),
+    )
+    job = jobs.render_job(build, buildah.render(build, ctx), options)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    fetch_result, build_result = tmp_path / "fetch-termination", tmp_path / "build-termination"
+
+    fetch_exit = run_plan(annotations[jobs.FETCH_PLAN_ANNOTATION], tmp_path, "fetch.json",
+                          workspace, fetch_result)  # fmt: skip
+    assert fetch_exit == 0, fetch_result.read_text()
+    for dirpath, dirnames, filenames in os.walk(workspace):  # the init container's user
+        for entry in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            os.lchown(entry, 1000, 1000)
+    build_exit = run_plan(annotations[jobs.BUILD_PLAN_ANNOTATION], tmp_path, "build.json",
+                          workspace, build_result)  # fmt: skip
+
+    view = jobs.read_pod(
+        pod_status(fetch_exit, fetch_result.read_text(), build_exit, build_result.read_text()),
+        image=image,
+        deadline_seconds=600,
+    )
+    assert view.fetch_result is not None and view.fetch_result.revision is not None
+    assert view.fetch_result.revision.commit == repo.rev_parse("main")
+    if dockerfile_ok:
+        assert build_exit == 0, build_result.read_text()
+        assert isinstance(view.outcome, Succeeded)
+        repository, _, tag = image.partition("/")[2].rpartition(":")
+        assert view.outcome.digest == registry.head_digest(repository, tag)
+        # the commit label came from the re-read in the build container (safe.directory)
+        assert json.loads(build_result.read_text())["outputs"]["revision.commit"] == (
+            view.fetch_result.revision.commit
+        )
+    else:
+        assert isinstance(view.outcome, Failed)
+        assert view.outcome.reason is builds.Reason.DOCKER_BUILD_FAILED

@@ -1,0 +1,447 @@
+"""The Kubernetes executor: one batch/v1 Job per Build, followed through watches.
+
+The orchestrator hands over a Pending Build; this module renders the same buildah plan the
+host executor runs (:mod:`triggerd.planning.buildah`) into a Job
+(:mod:`triggerd.planning.jobs`), creates it — a 409 means the Job already exists (a
+restart, another replica before a hand-over) and is adopted, never duplicated — and then
+watches the Job's pod, resuming from the last resourceVersion and relisting after 410 Gone,
+until the pod ends. Pod states become Reporter calls and the final Outcome; the init and
+build containers' logs are streamed (follow) into the :class:`~triggerd.logs.LogStore` so
+the log API works while the build runs and after the pod is gone. Cancel deletes the Job
+with background propagation.
+
+It never mounts a Docker socket, never puts a secret value into a Job (Secret volumes
+only), and never creates a second Job for a Build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from triggerd.executors.base import Cancelled, Failed, Outcome, Reporter, Succeeded
+from triggerd.kube import Kube, KubeError, KubernetesSettings, WatchExpired, path_for
+from triggerd.logs import LogStore, LogWriter, snippet
+from triggerd.model.builds import Build, Phase, Reason, StageName
+from triggerd.planning import buildah, jobs
+from triggerd.planning.plan import Plan
+
+log = logging.getLogger(__name__)
+
+#: How long after the outcome the log streams may take to drain.
+LOG_DRAIN_SECONDS = 10.0
+#: A stale Job of an earlier, same-named build is deleted; how often to retry the create.
+STALE_JOB_ATTEMPTS = 30
+STALE_JOB_WAIT_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class _Active:
+    cancel_requested: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What has been reported for one run, so each report happens once."""
+
+    running: bool = False
+    revision: bool = False
+    stages: set[StageName] = field(default_factory=set)
+    pod: str = ""
+    #: container name → its log can be read (set) / it will never start (finished run)
+    ready: dict[str, asyncio.Event] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+
+
+def job_options(
+    settings: KubernetesSettings, build: Build, *, owner_builds: bool
+) -> jobs.JobOptions:
+    """The renderer's options for ``build`` (owner is the Build CR when that store is used)."""
+    return jobs.JobOptions(
+        namespace=settings.namespace,
+        image=settings.image,
+        image_pull_policy=settings.image_pull_policy,
+        seccomp_profile=settings.seccomp_profile,
+        apparmor_unconfined=settings.apparmor_unconfined,
+        allow_privileged=settings.allow_privileged,
+        storage_size_limit=settings.storage_size_limit,
+        ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
+        requests=settings.requests,
+        limits=settings.limits,
+        node_selector=settings.node_selector,
+        fetch_uid=settings.fetch_uid,
+        insecure_registries=settings.insecure_registries,
+        owner_uid=build.meta.uid if owner_builds else "",
+    )
+
+
+class KubernetesExecutor:
+    """Runs builds as Jobs; implements :class:`triggerd.executors.base.Executor`."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: KubernetesSettings,
+        logs: LogStore,
+        *,
+        owner_builds: bool = False,
+        recheck_seconds: int = 30,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.logs = logs
+        self.owner_builds = owner_builds
+        #: watches end (and the Job is re-read) this often: catches Job-level failures
+        self.recheck_seconds = recheck_seconds
+        self._active: dict[tuple[str, str], _Active] = {}
+
+    @property
+    def jobs_path(self) -> str:
+        return path_for("batch/v1", "jobs", self.settings.namespace)
+
+    @property
+    def pods_path(self) -> str:
+        return path_for("v1", "pods", self.settings.namespace)
+
+    # Executor protocol -----------------------------------------------------------------
+    async def run(self, build: Build, reporter: Reporter) -> Outcome:
+        key = (build.namespace, build.name)
+        if key in self._active:
+            raise RuntimeError(f"build {build.namespace}/{build.name} is already running")
+        active = self._active[key] = _Active()
+        try:
+            options = job_options(self.settings, build, owner_builds=self.owner_builds)
+            try:
+                plan = buildah.render(build, jobs.plan_context(build, options))
+            except buildah.Unplannable as e:
+                with self.logs.open_writer(build.namespace, build.name) as writer:
+                    writer.line(f"--> Build failed ({e.reason.value}): {e}")
+                return Failed(reason=e.reason, message=str(e), log_snippet=str(e))
+            manifest = jobs.render_job(build, plan, options)
+            job_name = str(manifest["metadata"]["name"])
+            try:
+                adopted = await self._create_or_adopt(build, job_name, manifest)
+            except KubeError as e:
+                message = f"{Reason.CANNOT_CREATE_BUILD_POD.message} {e.status} {e.message}"
+                with self.logs.open_writer(build.namespace, build.name) as writer:
+                    writer.line(f"--> {message}")
+                return Failed(
+                    reason=Reason.CANNOT_CREATE_BUILD_POD, message=message, log_snippet=""
+                )
+            if active.cancel_requested:
+                await self._delete_job(job_name)
+                return Cancelled()
+            return await self._follow(build, job_name, plan, reporter, active, adopted=adopted)
+        finally:
+            del self._active[key]
+
+    async def cancel(self, namespace: str, name: str) -> bool:
+        active = self._active.get((namespace, name))
+        if active is not None:
+            active.cancel_requested = True
+            active.wake.set()
+        deleted = await self._delete_job(jobs.name_job(namespace, name))
+        return deleted or active is not None
+
+    async def recover(self, build: Build) -> Outcome | None:
+        """None when the build's Job still exists (the engine runs it again: adoption);
+        otherwise the build is over and nothing can say how it went."""
+        try:
+            await self.kube.get(
+                path_for(
+                    "batch/v1",
+                    "jobs",
+                    self.settings.namespace,
+                    jobs.name_job(build.namespace, build.name),
+                )
+            )
+        except KubeError as e:
+            if not e.not_found:
+                raise
+            if build.phase is Phase.PENDING:
+                return Failed(
+                    reason=Reason.SERVER_RESTARTED,
+                    message=Reason.SERVER_RESTARTED.message,
+                    log_snippet="",
+                )
+            return jobs.pod_deleted()
+        return None
+
+    # Following a Job ---------------------------------------------------------------------
+    async def _create_or_adopt(self, build: Build, job_name: str, manifest: dict[str, Any]) -> bool:
+        """Create the Job; True when it existed already and is this build's (adopted).
+
+        A Job of the same name left by an earlier Build of the same name (its config was
+        deleted and made again while the Job waited for its TTL) is not adopted: it is
+        deleted and the Job made anew."""
+        for _ in range(STALE_JOB_ATTEMPTS):
+            try:
+                await self.kube.create(self.jobs_path, manifest)
+                return False
+            except KubeError as e:
+                if not e.conflict:
+                    raise
+            path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+            try:
+                existing = await self.kube.get(path)
+            except KubeError as e:
+                if e.not_found:
+                    continue  # gone in between: create again
+                raise
+            owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(
+                jobs.BUILD_UID_ANNOTATION, ""
+            )
+            if not build.meta.uid or not owner or owner == build.meta.uid:
+                return True
+            log.warning("deleting Job %s of an earlier build of the same name", job_name)
+            await self._delete_job(job_name)
+            await asyncio.sleep(STALE_JOB_WAIT_SECONDS)
+        raise KubeError(409, "Conflict", f"Job {job_name} of an earlier build is still there")
+
+    async def _delete_job(self, job_name: str) -> bool:
+        try:
+            await self.kube.delete(
+                path_for("batch/v1", "jobs", self.settings.namespace, job_name),
+                propagation="Background",
+            )
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise
+        return True
+
+    async def _follow(
+        self,
+        build: Build,
+        job_name: str,
+        plan: Plan,
+        reporter: Reporter,
+        active: _Active,
+        *,
+        adopted: bool,
+    ) -> Outcome:
+        if adopted and not self.logs.is_live(build.namespace, build.name):
+            # The pod's log starts from the beginning again: don't append it twice.
+            self.logs.delete(build.namespace, build.name)
+        writer = self.logs.open_writer(build.namespace, build.name)
+        if adopted:
+            log.info("adopting Job %s for build %s/%s", job_name, build.namespace, build.name)
+        progress = _Progress(
+            ready={c: asyncio.Event() for c in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER)}
+        )
+        streamer = asyncio.create_task(self._stream_logs(writer, progress))
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._watch_pods(build, job_name, plan, reporter, active, progress)
+            return outcome
+        finally:
+            for event in progress.ready.values():
+                event.set()  # containers that never started are skipped by the streamer
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(streamer), LOG_DRAIN_SECONDS)
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await streamer
+            if isinstance(outcome, Failed):
+                writer.line(f"--> Build failed ({outcome.reason.value}): {outcome.message}")
+            writer.close()
+
+    async def _watch_pods(
+        self,
+        build: Build,
+        job_name: str,
+        plan: Plan,
+        reporter: Reporter,
+        active: _Active,
+        progress: _Progress,
+    ) -> Outcome:
+        deadline = build.spec.completion_deadline_seconds
+        selector = f"{jobs.JOB_LABEL}={job_name}"
+        resource_version = ""
+
+        async def observe(pod: dict[str, Any]) -> Outcome | None:
+            return await self._observe(pod, plan, deadline, reporter, progress)
+
+        while True:
+            if not resource_version:
+                listed = await self.kube.list(self.pods_path, label_selector=selector)
+                resource_version = str((listed.get("metadata") or {}).get("resourceVersion", ""))
+                for pod in listed.get("items") or []:
+                    outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                    if outcome is not None:
+                        return self._finish(build, outcome)
+            outcome = await self._check_job(job_name, plan, deadline, active, observe)
+            if outcome is not None:
+                return self._finish(build, outcome)
+            try:
+                async for kind, pod in self._watch(
+                    selector, resource_version, active, self.recheck_seconds
+                ):
+                    version = (pod.get("metadata") or {}).get("resourceVersion")
+                    resource_version = str(version or resource_version)
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "DELETED":
+                        outcome = await self._check_job(job_name, plan, deadline, active, observe)
+                    else:
+                        outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                    if outcome is not None:
+                        return self._finish(build, outcome)
+            except WatchExpired:
+                log.info("watch of Job %s pods expired; relisting", job_name)
+                resource_version = ""
+            except KubeError as e:
+                if e.status not in (0, 429, 500, 502, 503, 504):
+                    raise
+                log.warning("watching Job %s failed (%s); retrying", job_name, e.status)
+                await asyncio.sleep(1.0)
+
+    async def _watch(
+        self, selector: str, resource_version: str, active: _Active, seconds: int
+    ) -> Any:
+        """The pod watch, ended early when a cancel wakes this run."""
+        active.wake.clear()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]] | BaseException | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in self.kube.watch(
+                    self.pods_path,
+                    resource_version=resource_version,
+                    label_selector=selector,
+                    timeout_seconds=seconds,
+                ):
+                    await queue.put(item)
+                await queue.put(None)
+            except Exception as e:  # handed to the consumer, which re-raises it
+                await queue.put(e)
+
+        async def wake() -> None:
+            await active.wake.wait()
+            await queue.put(None)
+
+        tasks = [asyncio.create_task(pump()), asyncio.create_task(wake())]
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _check_job(
+        self,
+        job_name: str,
+        plan: Plan,
+        deadline: int,
+        active: _Active,
+        observe: Callable[[dict[str, Any]], Awaitable[Outcome | None]],
+    ) -> Outcome | None:
+        try:
+            job = await self.kube.get(
+                path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+            )
+        except KubeError as e:
+            if not e.not_found:
+                raise
+            return Cancelled() if active.cancel_requested else jobs.pod_deleted()
+        if active.cancel_requested:
+            await self._delete_job(job_name)
+            return Cancelled()
+        outcome = jobs.read_job(job, deadline_seconds=deadline)
+        if _completed(job) or (
+            isinstance(outcome, Failed) and outcome.reason is Reason.BUILD_POD_DELETED
+        ):
+            # The Job ended because its pod did: the pod (if still there) says how.
+            listed = await self.kube.list(
+                self.pods_path, label_selector=f"{jobs.JOB_LABEL}={job_name}"
+            )
+            for pod in listed.get("items") or []:
+                found = await observe(pod)
+                if found is not None:
+                    return found
+        if outcome is None and _completed(job):
+            # Finished while nobody watched and its pod is gone: the digest is lost.
+            outcome = Succeeded(digest="", image_reference=plan.image)
+        return outcome
+
+    async def _observe(
+        self,
+        pod: dict[str, Any],
+        plan: Plan,
+        deadline: int,
+        reporter: Reporter,
+        progress: _Progress,
+    ) -> Outcome | None:
+        view = jobs.read_pod(pod, image=plan.image, deadline_seconds=deadline)
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        if name != progress.pod and progress.pod:
+            # A replacement pod (the first was disrupted): its logs start over.
+            progress.started.clear()
+        progress.pod = name
+        for container, ready in (
+            (jobs.FETCH_CONTAINER, view.fetch_log_ready),
+            (jobs.BUILD_CONTAINER, view.build_log_ready),
+        ):
+            if ready and container not in progress.started:
+                progress.started.add(container)
+                progress.ready[container].set()
+        if view.started and not progress.running:
+            progress.running = True
+            await reporter.running()
+        if view.fetch_result is not None:
+            if not progress.revision and view.fetch_result.revision is not None:
+                progress.revision = True
+                await reporter.revision(view.fetch_result.revision)
+            for stage in view.fetch_result.stages:
+                await self._stage(stage, reporter, progress)
+        if view.build_result is not None:
+            for stage in view.build_result.stages:
+                await self._stage(stage, reporter, progress)
+        return view.outcome
+
+    async def _stage(self, stage: Any, reporter: Reporter, progress: _Progress) -> None:
+        if stage.name in progress.stages:
+            return  # the build container re-reads the commit: FetchInputs is the init's
+        progress.stages.add(stage.name)
+        await reporter.stage(stage)
+
+    def _finish(self, build: Build, outcome: Outcome) -> Outcome:
+        if isinstance(outcome, Failed) and not outcome.log_snippet:
+            try:
+                tail = snippet(self.logs.read(build.namespace, build.name))
+            except OSError:
+                tail = ""
+            return Failed(reason=outcome.reason, message=outcome.message, log_snippet=tail)
+        return outcome
+
+    async def _stream_logs(self, writer: LogWriter, progress: _Progress) -> None:
+        for container in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER):
+            await progress.ready[container].wait()
+            if container not in progress.started:
+                continue
+            path = path_for("v1", "pods", self.settings.namespace, progress.pod) + "/log"
+            try:
+                async for chunk in self.kube.stream(
+                    path, {"container": container, "follow": "true"}
+                ):
+                    writer.write(chunk)
+            except KubeError as e:
+                writer.line(f"--> the {container} container's log is unavailable ({e.status})")
+
+
+def _completed(job: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Complete" and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )

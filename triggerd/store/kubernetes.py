@@ -1,0 +1,573 @@
+"""The custom-resource store: BuildConfigs, Builds and deliveries as triggerd.dev/v1 objects.
+
+Implements :class:`triggerd.store.base.Store` on the Kubernetes API so several triggerd
+replicas share one truth. Each object is written with a resourceVersion precondition (a
+stale write is a Conflict, never a silent overwrite); status goes through the ``/status``
+subresource; patches are JSON merge patches. Build numbers come from the BuildConfig's
+``status.lastVersion``: a replica bumps it with a precondition (retrying on 409) and then
+creates the Build ``<config>-<n>``; since only one bump can win each number, two replicas
+never create the same number, and a 409 on the Build create (a number already taken by a
+Build the counter did not know about) makes it bump again. A webhook delivery is claimed by
+creating a ``Delivery`` object named after the delivery id — creation is atomic across
+replicas — and then records the Builds it created.
+
+Webhook secrets are read from Secrets (key ``WebHookSecretKey``) with a short cache;
+BuildConfigs applied with ``kubectl`` reach the engine through :meth:`watch_buildconfigs`.
+It never logs a Secret's value and never writes an object without a precondition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from triggerd import errors
+from triggerd.kube import Kube, KubeError, WatchExpired, path_for, to_domain_error
+from triggerd.model import buildconfigs, builds
+from triggerd.model import meta as metas
+from triggerd.model.buildconfigs import BuildConfig
+from triggerd.model.builds import Build, Phase
+from triggerd.store.base import (
+    BuildQuery,
+    Delivery,
+    Instantiated,
+    NewBuild,
+    Page,
+    QueueSummary,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION: Final = "triggerd.dev/v1"
+BUILDCONFIGS: Final = "buildconfigs"
+BUILDS: Final = "builds"
+DELIVERIES: Final = "deliveries"
+#: How often a write may lose a race before the caller is told to retry later.
+MAX_ATTEMPTS: Final = 20
+#: How long a duplicate delivery waits for the replica that claimed it to finish.
+CLAIM_WAIT_SECONDS: Final = 10.0
+#: when the store created the Build, in nanoseconds (fairness order of the queue)
+QUEUED_ANNOTATION: Final = "triggerd.dev/queued-at"
+WEBHOOK_SECRET_KEY: Final = "WebHookSecretKey"  # noqa: S105 - a key name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigEvent:
+    """A BuildConfig appeared, changed or went away (``config`` is the last known state)."""
+
+    type: str  # "ADDED", "MODIFIED", "DELETED"
+    config: BuildConfig
+
+
+class KubernetesStore:
+    """Implements :class:`triggerd.store.base.Store` with custom resources."""
+
+    def __init__(self, kube: Kube, namespace: str, *, secret_cache_seconds: float = 30.0) -> None:
+        self.kube = kube
+        #: where lists without a namespace look (the RBAC shipped grants this one only)
+        self.namespace = namespace
+        self.secret_cache_seconds = secret_cache_seconds
+        self._secrets: dict[tuple[str, str], tuple[float, Mapping[str, str] | None]] = {}
+
+    def _path(self, plural: str, namespace: str | None, name: str | None = None) -> str:
+        return path_for(GROUP_VERSION, plural, namespace or self.namespace, name)
+
+    async def open(self) -> None:
+        """Check that the CRDs are installed (a clear error instead of 404s later)."""
+        for plural in (BUILDCONFIGS, BUILDS, DELIVERIES):
+            try:
+                await self.kube.list(self._path(plural, None), label_selector="")
+            except KubeError as e:
+                raise errors.PermanentError(
+                    f"cannot list {plural}.triggerd.dev in namespace {self.namespace!r} "
+                    f"({e.status} {e.reason}); are the CRDs and RBAC from manifests/ applied?"
+                ) from e
+
+    async def close(self) -> None:
+        """The Kube client belongs to the caller, which closes it."""
+
+    # BuildConfigs -----------------------------------------------------------------------
+    async def list_buildconfigs(self, namespace: str | None = None) -> list[BuildConfig]:
+        doc = await self._call("list", BUILDCONFIGS, "", self._path(BUILDCONFIGS, namespace))
+        configs: list[BuildConfig] = []
+        for item in doc.get("items") or []:
+            config = _config_or_none(item)
+            if config is not None:
+                configs.append(config)
+        return sorted(configs, key=lambda c: (c.namespace, c.name))
+
+    async def get_buildconfig(self, namespace: str, name: str) -> BuildConfig:
+        doc = await self._call("get", BUILDCONFIGS, name, self._path(BUILDCONFIGS, namespace, name))
+        return config_from_resource(doc)
+
+    async def create_buildconfig(self, config: BuildConfig) -> BuildConfig:
+        body = config_to_resource(config)
+        for key in ("uid", "resourceVersion", "creationTimestamp"):
+            body["metadata"].pop(key, None)
+        created = await self._call(
+            "create", BUILDCONFIGS, config.name, self._path(BUILDCONFIGS, config.namespace), body
+        )
+        if config.last_version:
+            # status is dropped on create (subresource): an exported config keeps its count
+            created = await self._call(
+                "merge_patch",
+                BUILDCONFIGS,
+                config.name,
+                self._path(BUILDCONFIGS, config.namespace, config.name) + "/status",
+                {
+                    "metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
+                    "status": {"lastVersion": config.last_version},
+                },
+            )
+        return config_from_resource(created)
+
+    async def replace_buildconfig(
+        self, config: BuildConfig, *, expected_resource_version: str | None = None
+    ) -> BuildConfig:
+        path = self._path(BUILDCONFIGS, config.namespace, config.name)
+        for _ in range(MAX_ATTEMPTS):
+            current = await self._call("get", BUILDCONFIGS, config.name, path)
+            version = expected_resource_version or current["metadata"]["resourceVersion"]
+            body = config_to_resource(config)
+            body["metadata"].update(
+                uid=current["metadata"].get("uid"),
+                creationTimestamp=current["metadata"].get("creationTimestamp"),
+                resourceVersion=version,
+            )
+            body.pop("status", None)  # lastVersion stays as stored (status subresource)
+            try:
+                replaced = await self.kube.replace(path, body)
+            except KubeError as e:
+                if e.conflict and expected_resource_version is None:
+                    continue  # a build bumped lastVersion meanwhile: the user's part still wins
+                raise to_domain_error(e, buildconfigs.KIND, config.name) from e
+            return config_from_resource(replaced)
+        raise errors.TemporaryError(f"BuildConfig {config.name!r} keeps changing; retry", 1.0)
+
+    async def delete_buildconfig(self, namespace: str, name: str) -> None:
+        await self._call("delete", BUILDCONFIGS, name, self._path(BUILDCONFIGS, namespace, name))
+        # Builds are owned by their config (the garbage collector would get them too), but
+        # `oc delete bc` semantics are immediate.
+        listed = await self.kube.list(
+            self._path(BUILDS, namespace), label_selector=f"{builds.CONFIG_LABEL}={name}"
+        )
+        await self.delete_builds(
+            namespace, [str(b["metadata"]["name"]) for b in listed.get("items") or []]
+        )
+
+    async def watch_buildconfigs(self, *, timeout_seconds: int = 240) -> AsyncIterator[ConfigEvent]:
+        """Every BuildConfig change in the namespace, forever: first an ADDED per existing
+        config, then changes; after 410 Gone the list is re-read and differences are
+        reported (so ``kubectl apply``/``delete`` always reach the caller)."""
+        known: dict[tuple[str, str], BuildConfig] = {}
+        resource_version = ""
+        while True:
+            if not resource_version:
+                listed = await self.kube.list(self._path(BUILDCONFIGS, None))
+                resource_version = str(listed["metadata"].get("resourceVersion", ""))
+                seen: set[tuple[str, str]] = set()
+                for item in listed.get("items") or []:
+                    config = _config_or_none(item)
+                    if config is None:
+                        continue
+                    key = (config.namespace, config.name)
+                    seen.add(key)
+                    old = known.get(key)
+                    if old is None or old.meta.resource_version != config.meta.resource_version:
+                        known[key] = config
+                        yield ConfigEvent(type="ADDED" if old is None else "MODIFIED",
+                                          config=config)  # fmt: skip
+                for key in set(known) - seen:
+                    yield ConfigEvent(type="DELETED", config=known.pop(key))
+            try:
+                async for kind, obj in self.kube.watch(
+                    self._path(BUILDCONFIGS, None),
+                    resource_version=resource_version,
+                    timeout_seconds=timeout_seconds,
+                ):
+                    resource_version = str(
+                        (obj.get("metadata") or {}).get("resourceVersion") or resource_version
+                    )
+                    if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                        continue
+                    config = _config_or_none(obj)
+                    if config is None:
+                        continue
+                    key = (config.namespace, config.name)
+                    if kind == "DELETED":
+                        known.pop(key, None)
+                    else:
+                        known[key] = config
+                    yield ConfigEvent(type=kind, config=config)
+            except WatchExpired:
+                resource_version = ""
+            except KubeError as e:
+                if e.status not in (0, 429, 500, 502, 503, 504):
+                    raise
+                await asyncio.sleep(1.0)
+
+    # Builds -----------------------------------------------------------------------------
+    async def instantiate(
+        self, requests: Sequence[NewBuild], *, delivery: Delivery | None = None
+    ) -> Instantiated:
+        """Not atomic across requests (the API has no transactions): when request k fails,
+        the builds of requests before it exist. The delivery claim is released then, so a
+        redelivery starts the failed ones (and the earlier ones again)."""
+        claim = ""
+        if delivery is not None:
+            claim = delivery_name(delivery.key)
+            existing = await self._claim(claim, delivery)
+            if existing is not None:
+                return Instantiated(builds=tuple(existing), duplicate=True)
+        created: list[Build] = []
+        try:
+            for request in requests:
+                created.append(await self._instantiate_one(request))
+        except BaseException:
+            if claim:
+                await self._release(claim)
+            raise
+        if claim:
+            await self._call(
+                "merge_patch",
+                DELIVERIES,
+                claim,
+                self._path(DELIVERIES, None, claim),
+                {"spec": {"builds": [f"{b.namespace}/{b.name}" for b in created],
+                          "complete": True}},
+            )  # fmt: skip
+        return Instantiated(builds=tuple(created))
+
+    async def _instantiate_one(self, request: NewBuild) -> Build:
+        path = self._path(BUILDCONFIGS, request.namespace, request.config_name)
+        for _ in range(MAX_ATTEMPTS):
+            doc = await self._call("get", BUILDCONFIGS, request.config_name, path)
+            config = config_from_resource(doc)
+            number = config.last_version + 1
+            try:
+                bumped = await self.kube.merge_patch(
+                    path + "/status",
+                    {
+                        "metadata": {"resourceVersion": config.meta.resource_version},
+                        "status": {"lastVersion": number},
+                    },
+                )
+            except KubeError as e:
+                if e.conflict:
+                    continue  # another replica took this number
+                raise to_domain_error(e, buildconfigs.KIND, request.config_name) from e
+            config = config_from_resource(bumped)
+            build = request.make(config, number)
+            body = build_to_resource(build)
+            body["metadata"]["ownerReferences"] = [
+                {"apiVersion": GROUP_VERSION, "kind": buildconfigs.KIND, "name": config.name,
+                 "uid": config.meta.uid, "blockOwnerDeletion": False}
+            ]  # fmt: skip
+            for key in ("uid", "resourceVersion", "creationTimestamp"):
+                body["metadata"].pop(key, None)
+            # creationTimestamp has whole seconds: the queue order needs finer
+            body["metadata"].setdefault("annotations", {})[QUEUED_ANNOTATION] = (
+                f"{time.time_ns():020d}"
+            )
+            try:
+                created = await self.kube.create(self._path(BUILDS, build.namespace), body)
+            except KubeError as e:
+                if e.conflict:
+                    log.info("build %s exists already; taking the next number", build.name)
+                    continue
+                raise to_domain_error(e, builds.KIND, build.name) from e
+            return await self._write_status(build, created)
+        raise errors.TemporaryError(
+            f"could not number a build of {request.config_name!r} (too much contention)", 1.0
+        )
+
+    async def _write_status(self, build: Build, current: Mapping[str, Any]) -> Build:
+        status = build_to_resource(build)["status"]
+        patched = await self._call(
+            "merge_patch",
+            BUILDS,
+            build.name,
+            self._path(BUILDS, build.namespace, build.name) + "/status",
+            {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+             "status": _replace_all(current.get("status") or {}, status)},
+        )  # fmt: skip
+        return build_from_resource(patched)
+
+    async def _claim(self, claim: str, delivery: Delivery) -> list[Build] | None:
+        """None when this call claimed the delivery; else the builds it created before."""
+        body = {
+            "apiVersion": GROUP_VERSION,
+            "kind": "Delivery",
+            "metadata": {"name": claim, "namespace": self.namespace},
+            "spec": {
+                "key": delivery.key,
+                "received": metas.format_time(delivery.received),
+                "builds": [],
+                "complete": False,
+            },
+        }
+        try:
+            await self.kube.create(self._path(DELIVERIES, None), body)
+            return None
+        except KubeError as e:
+            if not e.conflict:
+                raise to_domain_error(e, "Delivery", claim) from e
+        # Seen before (or being handled by another replica right now): wait for its builds.
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            try:
+                doc = await self.kube.get(self._path(DELIVERIES, None, claim))
+            except KubeError as e:
+                if e.not_found:  # the other attempt failed and let go: try to claim again
+                    return await self._claim(claim, delivery)
+                raise to_domain_error(e, "Delivery", claim) from e
+            spec = doc.get("spec") or {}
+            if spec.get("complete"):
+                found: list[Build] = []
+                for ref in spec.get("builds") or []:
+                    namespace, _, name = str(ref).partition("/")
+                    try:
+                        found.append(await self.get_build(namespace, name))
+                    except errors.NotFound:
+                        continue  # pruned since
+                return found
+            if time.monotonic() > deadline:
+                raise errors.TemporaryError(
+                    "the same delivery is being handled by another replica", 2.0
+                )
+            await asyncio.sleep(0.1)
+
+    async def _release(self, claim: str) -> None:
+        try:
+            await self.kube.delete(self._path(DELIVERIES, None, claim))
+        except KubeError as e:
+            log.warning("could not release delivery claim %s: %s", claim, e.status)
+
+    async def queue_summary(self) -> QueueSummary:
+        """New builds by config, oldest first. Phase is status, not a label, so this reads
+        every Build of the namespace (history is pruned, so that stays bounded)."""
+        doc = await self._call("list", BUILDS, "", self._path(BUILDS, None))
+        oldest: dict[tuple[str, str], tuple[str, str, int]] = {}
+        total = 0
+        for item in doc.get("items") or []:
+            if (item.get("status") or {}).get("phase", Phase.NEW.value) != Phase.NEW.value:
+                continue
+            build = build_from_resource(item)
+            total += 1
+            key = (build.namespace, build.config_name)
+            meta = item.get("metadata") or {}
+            queued = str((meta.get("annotations") or {}).get(QUEUED_ANNOTATION, ""))
+            mark = (str(meta.get("creationTimestamp", "")), queued, build.number)
+            if key not in oldest or mark < oldest[key]:
+                oldest[key] = mark
+        order = sorted(oldest, key=lambda k: (oldest[k], k))
+        return QueueSummary(total=total, configs=tuple(order))
+
+    async def get_build(self, namespace: str, name: str) -> Build:
+        doc = await self._call("get", BUILDS, name, self._path(BUILDS, namespace, name))
+        return build_from_resource(doc)
+
+    async def list_builds(self, query: BuildQuery) -> Page:
+        doc = await self._call(
+            "list", BUILDS, "", self._path(BUILDS, query.namespace), selector(query)
+        )
+        found = [build_from_resource(item) for item in doc.get("items") or []]
+        if query.phases:
+            found = [b for b in found if b.phase in query.phases]
+        found.sort(key=lambda b: (b.namespace, b.config_name, b.number, b.name))
+        start = int(query.continue_token or 0)
+        end = len(found) if query.limit is None else start + query.limit
+        token = str(end) if end < len(found) else None
+        return Page(
+            builds=tuple(found[start:end]),
+            continue_token=token,
+            resource_version=str(doc.get("metadata", {}).get("resourceVersion", "")),
+        )
+
+    async def update_build(
+        self, build: Build, *, expected_resource_version: str | None = None
+    ) -> Build:
+        path = self._path(BUILDS, build.namespace, build.name)
+        wanted = build_to_resource(build)
+        for _ in range(MAX_ATTEMPTS):
+            version = expected_resource_version
+            if version is None:
+                current = await self._call("get", BUILDS, build.name, path)
+                version = str(current["metadata"]["resourceVersion"])
+            else:
+                current = None
+            try:
+                saved = await self.kube.replace(
+                    path + "/status",
+                    {**wanted, "metadata": {**wanted["metadata"], "resourceVersion": version}},
+                )
+                if _user_part(saved) != _user_part(wanted):
+                    # spec.revision, labels or annotations changed as well
+                    metadata = {
+                        **wanted["metadata"],
+                        "resourceVersion": saved["metadata"]["resourceVersion"],
+                    }
+                    if saved["metadata"].get("ownerReferences"):
+                        metadata["ownerReferences"] = saved["metadata"]["ownerReferences"]
+                    saved = await self.kube.replace(path, {**wanted, "metadata": metadata})
+            except KubeError as e:
+                if e.conflict and current is not None:
+                    continue  # last writer wins when the caller did not ask for a version
+                raise to_domain_error(e, builds.KIND, build.name) from e
+            return build_from_resource(saved)
+        raise errors.TemporaryError(f"Build {build.name!r} keeps changing; retry", 1.0)
+
+    async def delete_builds(self, namespace: str, names: Sequence[str]) -> None:
+        for name in names:
+            try:
+                await self.kube.delete(self._path(BUILDS, namespace, name))
+            except KubeError as e:
+                if not e.not_found:
+                    raise to_domain_error(e, builds.KIND, name) from e
+
+    async def prune_deliveries(self, older_than: datetime) -> int:
+        listed = await self._call("list", DELIVERIES, "", self._path(DELIVERIES, None))
+        pruned = 0
+        for item in listed.get("items") or []:
+            received = metas.parse_time(str((item.get("spec") or {}).get("received", "")))
+            if received is not None and received < older_than:
+                await self._release(str(item["metadata"]["name"]))
+                pruned += 1
+        return pruned
+
+    # Secrets ----------------------------------------------------------------------------
+    async def secret_value(
+        self, namespace: str, name: str, key: str = WEBHOOK_SECRET_KEY
+    ) -> str | None:
+        """Key ``key`` of Secret ``name`` (None when either is missing), cached briefly so
+        a burst of deliveries costs one read; rotation is seen within the cache time."""
+        cache_key = (namespace, name)
+        now = time.monotonic()
+        cached = self._secrets.get(cache_key)
+        if cached is None or now - cached[0] > self.secret_cache_seconds:
+            try:
+                doc = await self.kube.get(path_for("v1", "secrets", namespace, name))
+                data = {
+                    str(k): base64.b64decode(str(v)).decode("utf-8", "replace")
+                    for k, v in (doc.get("data") or {}).items()
+                }
+                cached = (now, data)
+            except KubeError as e:
+                if not e.not_found:
+                    raise to_domain_error(e, "Secret", name) from e
+                cached = (now, None)
+            self._secrets[cache_key] = cached
+        values = cached[1]
+        return None if values is None else values.get(key)
+
+    def cached_secret(self, name: str, key: str = WEBHOOK_SECRET_KEY) -> str | None:
+        """The last read value of ``key`` of Secret ``name`` in the home namespace, however
+        old, for callers that cannot wait (the synchronous webhook path); None when never
+        read or missing. :meth:`refresh_secrets` keeps it current."""
+        cached = self._secrets.get((self.namespace, name))
+        if cached is None or cached[1] is None:
+            return None
+        return cached[1].get(key)
+
+    async def refresh_secrets(self, names: Iterable[str]) -> None:
+        """Re-read these Secrets of the home namespace when their cache time is up."""
+        for name in sorted(set(names)):
+            try:
+                await self.secret_value(self.namespace, name)
+            except errors.TriggerdError as e:
+                log.warning("could not read Secret %s: %s", name, type(e).__name__)
+
+    # Helpers ----------------------------------------------------------------------------
+    async def _call(
+        self, method: str, plural: str, name: str, path: str, body: Any = None
+    ) -> dict[str, Any]:
+        kind = {BUILDCONFIGS: buildconfigs.KIND, BUILDS: builds.KIND}.get(plural, "Delivery")
+        try:
+            if method == "get":
+                return await self.kube.get(path)
+            if method == "list":
+                return await self.kube.list(path, label_selector=body or "")
+            if method == "create":
+                return await self.kube.create(path, body)
+            if method == "merge_patch":
+                return await self.kube.merge_patch(path, body)
+            if method == "delete":
+                return await self.kube.delete(path)
+        except KubeError as e:
+            raise to_domain_error(e, kind, name) from e
+        raise ValueError(method)
+
+
+# Conversions (the CRs carry the OpenShift documents with triggerd.dev/v1 as apiVersion) -----
+
+
+def config_to_resource(config: BuildConfig) -> dict[str, Any]:
+    doc = config.to_dict()
+    doc["apiVersion"] = GROUP_VERSION
+    return doc
+
+
+def config_from_resource(doc: Mapping[str, Any]) -> BuildConfig:
+    body = dict(doc)
+    body["apiVersion"] = metas.API_VERSION
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("ownerReferences", None)
+    body["metadata"] = metadata
+    return buildconfigs.parse(body)
+
+
+def _config_or_none(doc: Mapping[str, Any]) -> BuildConfig | None:
+    try:
+        return config_from_resource(doc)
+    except errors.Invalid as e:
+        # kubectl apply of a bad object: the CRD schema is looser than triggerd's checks
+        log.warning(
+            "ignoring invalid BuildConfig %s: %s", (doc.get("metadata") or {}).get("name"), e
+        )
+        return None
+
+
+def build_to_resource(build: Build) -> dict[str, Any]:
+    doc = build.to_dict()
+    doc["apiVersion"] = GROUP_VERSION
+    return doc
+
+
+def build_from_resource(doc: Mapping[str, Any]) -> Build:
+    return builds.from_dict(doc)
+
+
+def delivery_name(key: str) -> str:
+    """A DNS-safe, collision-resistant object name for a delivery id."""
+    return "d-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:48]
+
+
+def selector(query: BuildQuery) -> str:
+    """The label selector for a build query (phases are filtered client-side)."""
+    parts = [f"{k}={v}" for k, v in sorted(query.labels.items())]
+    if query.config_name:
+        parts.append(f"{builds.CONFIG_LABEL}={query.config_name}")
+    parts += [f"!{k}" for k in sorted(query.label_absent)]
+    parts += sorted(query.label_present)
+    parts += [f"{k} in ({','.join(sorted(v))})" for k, v in sorted(query.label_in.items())]
+    parts += [f"{k} notin ({','.join(sorted(v))})" for k, v in sorted(query.label_not_in.items())]
+    return ",".join(parts)
+
+
+def _user_part(doc: Mapping[str, Any]) -> Any:
+    meta = doc.get("metadata") or {}
+    return (doc.get("spec"), meta.get("labels") or {}, meta.get("annotations") or {})
+
+
+def _replace_all(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into exactly ``new`` (removed keys become null)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    patch.update(new)
+    return patch
