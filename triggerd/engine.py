@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triggerd import lifecycle, manifests, matching, metrics, policies, scheduling
-from triggerd.errors import Conflict, NotFound, QueueFull
+from triggerd.errors import Conflict, NotFound
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
@@ -370,7 +370,6 @@ class Engine:
         self, starts: Sequence[StartRequest], *, delivery: stores.Delivery | None = None
     ) -> stores.Instantiated:
         """Create builds (and record the delivery) durably, then wake the scheduler."""
-        await self._check_queue_limit(len(starts))
         if self.image_change is not None:
             # A config FROM an ImageStreamTag builds on the stream's newest image.
             starts = [
@@ -391,7 +390,9 @@ class Engine:
             )
             for s in starts
         ]
-        result = await self.store.instantiate(new, delivery=delivery)
+        result = await self.store.instantiate(
+            new, delivery=delivery, queue_limit=self.settings.queue_limit
+        )
         if not result.duplicate and result.builds:
             for build in result.builds:
                 if policies.policy_of(build) is RunPolicy.SERIAL_LATEST_ONLY:
@@ -430,21 +431,6 @@ class Engine:
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), within)
-
-    async def _check_queue_limit(self, adding: int) -> None:
-        limit = self.settings.queue_limit
-        if not limit:
-            return
-        # Only whether the queue is full matters, so read at most `limit` builds.
-        page = await self.store.list_builds(
-            stores.BuildQuery(phases=frozenset({Phase.NEW}), limit=limit)
-        )
-        if len(page.builds) + adding > limit:
-            raise QueueFull(
-                f"the build queue is full (at least {len(page.builds)} builds waiting, "
-                f"limit {limit}); retry later",
-                delay=30.0,
-            )
 
     # Scheduling ---------------------------------------------------------------------------
     async def _schedule_forever(self) -> None:

@@ -11,7 +11,6 @@ import asyncio
 from collections import Counter
 
 import aiohttp
-import pytest
 
 from tests.reliability.conftest import URI, Live, LiveFactory
 from tests.reliability.helpers import CONFIG, commit_of, push_body, push_headers
@@ -93,12 +92,6 @@ async def test_a_full_queue_answers_429_with_retry_after_and_stores_nothing(
     assert set(revisions.values()) == {1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.start_builds checks queueLimit before the store's delivery dedup, so a "
-    "redelivery of an accepted delivery is answered 429 while the queue is full (fix: check "
-    "the limit inside SqliteStore.instantiate after the dedup lookup; see docs/benchmarks.md)",
-)
 async def test_a_redelivery_is_a_duplicate_even_while_the_queue_is_full(
     live_factory: LiveFactory,
 ) -> None:
@@ -127,12 +120,6 @@ async def test_concurrent_deliveries_at_the_limit_are_either_stored_or_refused(
     assert set(revisions.values()) == {1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the queueLimit check (Engine._check_queue_limit) reads the queue before, not "
-    "inside, the store transaction: concurrent deliveries all pass it (measured: 60 of 60 "
-    "accepted with limit 20); fix: check inside SqliteStore.instantiate's write",
-)
 async def test_concurrent_deliveries_never_grow_the_queue_past_the_limit(
     live_factory: LiveFactory,
 ) -> None:

@@ -110,9 +110,17 @@ class Store(Protocol):
 
     # Builds -------------------------------------------------------------------------------
     async def instantiate(
-        self, requests: Sequence[NewBuild], *, delivery: Delivery | None = None
+        self,
+        requests: Sequence[NewBuild],
+        *,
+        delivery: Delivery | None = None,
+        queue_limit: int = 0,
     ) -> Instantiated:
         """Create one build per request, atomically, and record ``delivery`` with them.
+
+        With ``queue_limit`` > 0, raise QueueFull when the New builds plus these would pass
+        it; checked after the duplicate lookup (a redelivery is answered, not refused) and
+        in the same transaction as the insert (concurrent callers cannot all slip past).
 
         For each request: read the config (NotFound aborts everything), bump its lastVersion,
         call ``make(config_with_new_last_version, number)``, insert the Build. When

@@ -215,11 +215,17 @@ class KubernetesStore:
 
     # Builds -----------------------------------------------------------------------------
     async def instantiate(
-        self, requests: Sequence[NewBuild], *, delivery: Delivery | None = None
+        self,
+        requests: Sequence[NewBuild],
+        *,
+        delivery: Delivery | None = None,
+        queue_limit: int = 0,
     ) -> Instantiated:
         """Not atomic across requests (the API has no transactions): when request k fails,
         the builds of requests before it exist. The delivery claim is released then, so a
-        redelivery starts the failed ones (and the earlier ones again)."""
+        redelivery starts the failed ones (and the earlier ones again). The queue limit is
+        checked after the claim but, without transactions, not atomically with the create:
+        replicas racing at the limit may each add their builds."""
         claim = ""
         if delivery is not None:
             claim = delivery_name(delivery.key)
@@ -228,6 +234,14 @@ class KubernetesStore:
                 return Instantiated(builds=tuple(existing), duplicate=True)
         created: list[Build] = []
         try:
+            if queue_limit:
+                queued = (await self.queue_summary()).total
+                if queued + len(requests) > queue_limit:
+                    raise errors.QueueFull(
+                        f"the build queue is full ({queued} builds waiting, limit "
+                        f"{queue_limit}); retry later",
+                        delay=30.0,
+                    )
             for request in requests:
                 created.append(await self._instantiate_one(request))
         except BaseException:

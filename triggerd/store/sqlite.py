@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import json
 import queue
+import re
 import sqlite3
 import threading
 import uuid
@@ -35,6 +36,7 @@ from triggerd.errors import (
     Conflict,
     NotFound,
     PermanentError,
+    QueueFull,
     TemporaryError,
 )
 from triggerd.model import buildconfigs, builds
@@ -48,6 +50,8 @@ T = TypeVar("T")
 #: A group is every write queued while the previous commit ran; the cap bounds how long the
 #: first caller of a very large group waits for its answer.
 MAX_GROUP: Final = 512
+#: What a caller refused for a full queue is told to wait before trying again.
+QUEUE_FULL_RETRY_SECONDS: Final = 30.0
 #: Rows per executemany/IN list; far below SQLite's variable limit.
 _CHUNK: Final = 500
 
@@ -403,10 +407,12 @@ class SqliteStore:
     # Builds -------------------------------------------------------------------------------
 
     async def instantiate(
-        self, requests: Sequence[NewBuild], *, delivery: Delivery | None = None
+        self,
+        requests: Sequence[NewBuild],
+        *,
+        delivery: Delivery | None = None,
+        queue_limit: int = 0,
     ) -> Instantiated:
-        requests = tuple(requests)
-
         def write(conn: sqlite3.Connection) -> Instantiated:
             # The duplicate check runs on the single writer, inside the transaction that
             # would record the key, so two deliveries with one key can never both create.
@@ -417,6 +423,16 @@ class SqliteStore:
                 if row is not None:
                     refs = json.loads(row[0])
                     return Instantiated(builds=self._fetch_builds(conn, refs), duplicate=True)
+            if queue_limit:
+                queued = conn.execute(
+                    "SELECT COUNT(*) FROM builds WHERE phase = ?", (Phase.NEW.value,)
+                ).fetchone()[0]
+                if queued + len(requests) > queue_limit:
+                    raise QueueFull(
+                        f"the build queue is full ({queued} builds waiting, limit "
+                        f"{queue_limit}); retry later",
+                        delay=QUEUE_FULL_RETRY_SECONDS,
+                    )
             made = tuple(self._insert_build(conn, request) for request in requests)
             if delivery is not None:
                 conn.execute(
@@ -1061,8 +1077,13 @@ def _json_default(value: Any) -> Any:
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
+#: A lone UTF-16 surrogate (a JSON "\\ud800" escape) has no UTF-8 form; SQLite would refuse
+#: the whole document. It becomes U+FFFD, as Go's encoding/json (and so Kubernetes) does.
+_LONE_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
+    return _LONE_SURROGATES.sub("\ufffd", _ENCODER.encode(value))
 
 
 def _check_version(kind: str, name: str, meta: metas.ObjectMeta, expected: str | None) -> None:
