@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from aiohttp.abc import AbstractAccessLogger
 from triggerd import errors
 from triggerd.engine import Engine
 from triggerd.settings import Settings
+from triggerd.web import draining
 from triggerd.web.app import make_app
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,15 @@ async def reload_buildconfigs(engine: Engine, settings: Settings) -> None:
         log.exception("SIGHUP: reloading BuildConfigs failed, keeping the loaded ones")
     else:
         log.info("SIGHUP: reloaded %d BuildConfigs", len(results))
+        settle_heap()
+
+
+def settle_heap() -> None:
+    """Move what startup (or a reload) built into the GC's permanent generation: with
+    10,000 BuildConfigs loaded, full collections over them paused requests for up to
+    324 ms (bench/routing_bench.py); frozen objects are never scanned again."""
+    gc.collect()
+    gc.freeze()
 
 
 async def serve(settings: Settings) -> None:
@@ -193,6 +204,7 @@ async def serve(settings: Settings) -> None:
         access_log_class=RouteAccessLogger,
     )
     await runner.setup()  # starts the engine (recovery included) before anyone can connect
+    settle_heap()
     elector: Any = engine.leadership
     if elector is not None:
         elector.start()  # campaigns; engine.on_leadership starts scheduling when it wins
@@ -214,6 +226,9 @@ async def serve(settings: Settings) -> None:
         log.info("triggerd listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
+        # Stop accepting and let requests in flight (a webhook body still arriving) finish;
+        # runner.cleanup() alone would drop a half-received body unanswered.
+        await draining.drain(runner, SHUTDOWN_GRACE_SECONDS)
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

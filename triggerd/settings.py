@@ -77,6 +77,8 @@ class Settings:
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
     secrets: Mapping[str, SecretSettings] = field(default_factory=dict)
     max_body_bytes: int = 25 * 1024 * 1024
+    #: a request body must arrive within this long (slow clients get 408)
+    body_read_timeout_seconds: float = 30.0
     delivery_retention_seconds: float = 7 * 86400.0
     image_poll_interval_seconds: float = 300.0
     #: where builds push images whose output is an ImageStreamTag (host[:port])
@@ -120,6 +122,7 @@ _SCALARS: Mapping[str, str] = {
     "registries": "registries",
     "secrets": "secrets",
     "maxBodyBytes": "posint",
+    "bodyReadTimeout": "duration",
     "deliveryRetention": "duration",
     "imagePollInterval": "duration",
     "imageStreamRegistry": "str",
@@ -137,6 +140,7 @@ _SCALARS: Mapping[str, str] = {
     "layerCacheMaxAge": "duration",
 }
 _ATTRS = {
+    "bodyReadTimeout": "body_read_timeout_seconds",
     "deliveryRetention": "delivery_retention_seconds",
     "imagePollInterval": "image_poll_interval_seconds",
     "layerCacheMaxAge": "layer_cache_max_age_seconds",

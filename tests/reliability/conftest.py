@@ -2,7 +2,6 @@
 application (``make_app`` with the webhook routes, a real SqliteStore and LogStore in
 tmp_path, the fake executor) served by a real aiohttp ``AppRunner`` on a free 127.0.0.1 port,
 so raw sockets, slow clients and shutdown sequences meet the same server code as production.
-``prepare`` may add middlewares before the application freezes.
 """
 
 from __future__ import annotations
@@ -81,13 +80,10 @@ async def live_factory(tmp_path: Path) -> AsyncIterator[LiveFactory]:
 
     async def make(
         *,
-        prepare: Callable[[web.Application], None] | None = None,
         shutdown_timeout: float = 1.0,
         **settings: Any,
     ) -> Live:
         app, engine, executor = make_live_app(tmp_path / f"live-{len(runners)}", **settings)
-        if prepare is not None:
-            prepare(app)
         runner = web.AppRunner(
             app,
             handler_cancellation=False,

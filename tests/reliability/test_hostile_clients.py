@@ -15,19 +15,12 @@ import json
 import time
 
 import aiohttp
-from aiohttp import web
 
 from tests.reliability.conftest import BODY_LIMIT, TOKEN, URI, Live, LiveFactory
 from tests.reliability.helpers import push_body, push_headers, read_reply, request_head
-from triggerd.web import timeouts
 
 DEADLINE = 0.5
 API_CONFIGS = "/apis/build.openshift.io/v1/namespaces/default/buildconfigs"
-
-
-def _with_deadline(app: web.Application) -> None:
-    # Where the lead wires it in triggerd/web/app.py: right inside the error middleware.
-    app.middlewares.insert(2, timeouts.body_deadline(DEADLINE))
 
 
 async def _stalled(
@@ -42,7 +35,7 @@ async def _stalled(
 async def test_a_stalled_body_gets_408_and_others_are_served_meanwhile(
     live_factory: LiveFactory,
 ) -> None:
-    live = await live_factory(prepare=_with_deadline)
+    live = await live_factory(body_read_timeout_seconds=DEADLINE)
     body = push_body(URI, 1)
     stalled = [
         await _stalled(live, "/hooks/github", push_headers(body, "slow"), body[:100], len(body)),
@@ -80,7 +73,7 @@ async def test_a_stalled_body_gets_408_and_others_are_served_meanwhile(
 async def test_a_slow_but_steady_body_within_the_deadline_is_accepted(
     live_factory: LiveFactory,
 ) -> None:
-    live = await live_factory(prepare=_with_deadline)
+    live = await live_factory(body_read_timeout_seconds=DEADLINE)
     body = push_body(URI, 1)
     reader, writer = await _stalled(
         live, "/hooks/github", push_headers(body, "steady"), body[:10], len(body)

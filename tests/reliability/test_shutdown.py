@@ -167,9 +167,9 @@ async def _half_sent_delivery(
 async def test_aiohttp_alone_drops_a_body_still_arriving_at_shutdown(
     live_factory: LiveFactory,
 ) -> None:
-    """Why triggerd.web.draining exists: plain ``runner.cleanup()`` (what triggerd/server.py
-    does today) stops reading the connection, so the delivery is never answered."""
-    live = await live_factory(shutdown_timeout=1.0, prepare=draining.install)
+    """Why triggerd.web.draining exists: plain ``runner.cleanup()`` stops reading the
+    connection, so the delivery is never answered (server.py drains first)."""
+    live = await live_factory(shutdown_timeout=1.0)
     reader, writer, rest = await _half_sent_delivery(live)
     cleanup = asyncio.ensure_future(live.runner.cleanup())
     await async_wait_for(
@@ -186,7 +186,7 @@ async def test_aiohttp_alone_drops_a_body_still_arriving_at_shutdown(
 
 
 async def test_drain_lets_a_half_sent_delivery_finish(live_factory: LiveFactory) -> None:
-    live = await live_factory(shutdown_timeout=1.0, prepare=draining.install)
+    live = await live_factory(shutdown_timeout=1.0)
     reader, writer, rest = await _half_sent_delivery(live)
     drained = asyncio.ensure_future(draining.drain(live.runner, grace=15))
     await async_wait_for(
@@ -204,7 +204,7 @@ async def test_drain_lets_a_half_sent_delivery_finish(live_factory: LiveFactory)
 
 
 async def test_drain_gives_up_after_the_grace(live_factory: LiveFactory) -> None:
-    live = await live_factory(shutdown_timeout=1.0, prepare=draining.install)
+    live = await live_factory(shutdown_timeout=1.0)
     _reader, writer, _rest = await _half_sent_delivery(live)
     started = time.monotonic()
     assert await draining.drain(live.runner, grace=0.3) is False

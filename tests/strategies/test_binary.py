@@ -27,7 +27,6 @@ from tests.support.ports import free_port
 from triggerd import upload
 from triggerd.engine import Engine
 from triggerd.executors.local import LocalExecutor
-from triggerd.planning import archives
 from triggerd.settings import Settings
 from triggerd.store.sqlite import SqliteStore
 from triggerd.web import binary
@@ -98,20 +97,12 @@ async def server(env: ExecutorEnv) -> AsyncIterator[Server]:
         yield running
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WithBinaryLimits(Settings):
-    """Settings with maxBinarySize / maxBinaryFiles, the settings the lead adds."""
-
-    max_binary_size: int = archives.DEFAULT_MAX_SIZE
-    max_binary_files: int = archives.DEFAULT_MAX_FILES
-
-
 async def test_upload_over_max_binary_size_is_refused_with_413(
     env: ExecutorEnv, tmp_path: Path
 ) -> None:
     base = env.settings()
-    settings = WithBinaryLimits(
-        **{f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)},
+    settings = dataclasses.replace(
+        base,
         max_binary_size=4096,
         max_binary_files=3,
     )

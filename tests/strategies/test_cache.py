@@ -25,14 +25,6 @@ from triggerd.settings import BuildahSettings, Settings
 pytestmark = pytest.mark.e2e
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WithCacheSettings(Settings):
-    """Settings with the layer-cache settings the lead adds."""
-
-    layer_cache_max_age_seconds: float | None = None
-    layer_cache_max_bytes: int | None = None
-
-
 def build_with(spec: dict[str, Any], name: str, annotations: dict[str, str]) -> Build:
     return builds.from_dict(
         {
@@ -111,8 +103,8 @@ async def test_host_cache_is_pruned_by_age(
     repo = git_repo_factory("prune", {"Dockerfile": dockerfile(env.base_image)})
     image = env.registry.ref("cache/prune", "v1")
     base = fresh_storage(env.settings(), tmp_path / "p")
-    settings = WithCacheSettings(
-        **{f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)},
+    settings = dataclasses.replace(
+        base,
         layer_cache_max_age_seconds=0.0,
     )
     executor = env.executor(settings)

@@ -11,10 +11,9 @@ import pytest
 
 from tests.executors.conftest import ExecutorEnv, RecordingReporter, make_build
 from tests.strategies.images import layer_files
-from tests.strategies.test_inputs import WithConfigMaps
 from tests.support.gitrepo import GitRepoFactory
 from triggerd.executors.base import Succeeded
-from triggerd.settings import SecretSettings, Settings
+from triggerd.settings import SecretSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +48,8 @@ async def test_volumes_are_mounted_read_only_into_run_steps(
          "mounts": [{"destinationPath": "/etc/build-config"}]},
     ]  # fmt: skip
     base = env.settings(secrets={"creds": SecretSettings(data={"token": SECRET})})
-    settings = WithConfigMaps(
-        **{f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)},
+    settings = dataclasses.replace(
+        base,
         config_maps={"cfg": {"level": "info"}},
     )
     outcome = await env.executor(settings).run(

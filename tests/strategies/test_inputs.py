@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import subprocess
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -17,18 +16,11 @@ from tests.support.buildah import BuildahEnv
 from tests.support.gitrepo import Executable, GitRepoFactory
 from triggerd.executors.base import Failed, Succeeded
 from triggerd.model.builds import Reason
-from triggerd.settings import SecretSettings, Settings
+from triggerd.settings import SecretSettings
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "top-secret-value-4242"
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WithConfigMaps(Settings):
-    """Settings with the ``configMaps`` setting (name -> key -> value) the lead adds."""
-
-    config_maps: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def secrets() -> dict[str, SecretSettings]:
@@ -108,8 +100,8 @@ async def test_docker_secret_and_config_map_are_in_the_context(
         "output": {"to": {"kind": "DockerImage", "name": image}},
     }
     base_settings = env.settings(secrets=secrets())
-    settings = WithConfigMaps(
-        **{f.name: getattr(base_settings, f.name) for f in dataclasses.fields(Settings)},
+    settings = dataclasses.replace(
+        base_settings,
         config_maps={"app-config": {"level": "debug"}},
     )
     outcome = await env.executor(settings).run(make_build(spec, "docker-in-1"), RecordingReporter())

@@ -28,8 +28,10 @@ from triggerd.web import (
     LogReader,
     api,
     auth,
+    draining,
     health,
     openapi,
+    timeouts,
 )
 from triggerd.web import errors as web_errors
 from triggerd.web import metrics as web_metrics
@@ -55,10 +57,12 @@ def make_app(
         middlewares=[
             web_metrics.count_requests,
             web_errors.error_middleware,
+            timeouts.body_deadline(settings.body_read_timeout_seconds),
             _body_cap(settings.max_body_bytes),
             auth.middleware(settings.api_tokens),
         ],
     )
+    draining.install(app)
     app[ENGINE] = engine
     app[LOGS] = logs
     app[SETTINGS] = settings
