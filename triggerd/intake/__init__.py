@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 
 from triggerd.events import Event, Provider
 from triggerd.intake import bitbucket, generic, github, gitlab
@@ -33,37 +33,26 @@ class ProviderParser:
     parse_all: ParseAll
     delivery_id: DeliveryId
 
+    @classmethod
+    def of(cls, provider: Provider, module: ModuleType) -> ProviderParser:
+        return cls(
+            provider=provider,
+            event_header=module.EVENT_HEADER,
+            parse=module.parse,
+            parse_all=module.parse_all,
+            delivery_id=module.delivery_id,
+        )
+
 
 PARSERS: Mapping[Provider, ProviderParser] = MappingProxyType(
     {
-        Provider.GITHUB: ProviderParser(
-            provider=Provider.GITHUB,
-            event_header=github.EVENT_HEADER,
-            parse=github.parse,
-            parse_all=github.parse_all,
-            delivery_id=github.delivery_id,
-        ),
-        Provider.GITLAB: ProviderParser(
-            provider=Provider.GITLAB,
-            event_header=gitlab.EVENT_HEADER,
-            parse=gitlab.parse,
-            parse_all=gitlab.parse_all,
-            delivery_id=gitlab.delivery_id,
-        ),
-        Provider.BITBUCKET: ProviderParser(
-            provider=Provider.BITBUCKET,
-            event_header=bitbucket.EVENT_HEADER,
-            parse=bitbucket.parse,
-            parse_all=bitbucket.parse_all,
-            delivery_id=bitbucket.delivery_id,
-        ),
-        Provider.GENERIC: ProviderParser(
-            provider=Provider.GENERIC,
-            event_header=generic.EVENT_HEADER,
-            parse=generic.parse,
-            parse_all=generic.parse_all,
-            delivery_id=generic.delivery_id,
-        ),
+        provider: ProviderParser.of(provider, module)
+        for provider, module in (
+            (Provider.GITHUB, github),
+            (Provider.GITLAB, gitlab),
+            (Provider.BITBUCKET, bitbucket),
+            (Provider.GENERIC, generic),
+        )
     }
 )
 
