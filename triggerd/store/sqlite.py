@@ -52,6 +52,7 @@ T = TypeVar("T")
 MAX_GROUP: Final = 512
 #: What a caller refused for a full queue is told to wait before trying again.
 QUEUE_FULL_RETRY_SECONDS: Final = 30.0
+CONFIG_LABELS: Final = (builds.CONFIG_LABEL, builds.CONFIG_LABEL_DEPRECATED)
 #: Rows per executemany/IN list; far below SQLite's variable limit.
 _CHUNK: Final = 500
 
@@ -647,9 +648,15 @@ class SqliteStore:
         if query.namespace is not None:
             where.append("namespace = ?")
             params.append(query.namespace)
-        if query.config_name is not None:
+        config_name = query.config_name
+        if config_name is None:
+            # The config label always equals the config_name column (instantiate sets both),
+            # so `oc get builds -l openshift.io/build-config.name=x` uses the index instead
+            # of reading every row's labels.
+            config_name = next((query.labels[k] for k in CONFIG_LABELS if k in query.labels), None)
+        if config_name is not None:
             where.append("config_name = ?")
-            params.append(query.config_name)
+            params.append(config_name)
         limit = query.limit if query.limit is not None and query.limit > 0 else None
         phases = sorted(p.value for p in query.phases)
         if len(phases) == 1:
