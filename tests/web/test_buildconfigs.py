@@ -220,3 +220,22 @@ async def test_unknown_route_and_method_are_status(env: Env) -> None:
     assert response.status == 405
     body = await response.json()
     status_of(body, 405, "MethodNotAllowed")
+
+
+async def test_buildconfig_list_pages_with_limit_and_continue(env: Env) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        await env.create_bc(name)
+    seen: list[str] = []
+    token = ""
+    while True:
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        response = await env.call("GET", "buildconfigs", params=params)
+        assert response.status == 200
+        body = await response.json()
+        seen += [item["metadata"]["name"] for item in body["items"]]
+        token = body["metadata"].get("continue", "")
+        if not token:
+            break
+    assert seen == ["a", "b", "c", "d", "e"]
+    bad = await env.call("GET", "buildconfigs", params={"limit": "2", "continue": "%%%"})
+    assert bad.status == 400

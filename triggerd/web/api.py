@@ -12,6 +12,7 @@ an HTTP status for an error themselves: they raise :mod:`triggerd.errors` except
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -207,18 +208,40 @@ def _newest_version(versions: Iterable[str]) -> str:
 
 # BuildConfigs -------------------------------------------------------------------------------
 async def list_buildconfigs(request: web.Request) -> web.Response:
-    """List BuildConfigs (optionally filtered by labelSelector)."""
+    """List BuildConfigs: labelSelector, limit and continue as in Kubernetes."""
     namespace = namespace_of(request)
     selector = selectors.parse(request.query.get("labelSelector"))
+    limit = parse_count(request, "limit")
+    after = _decode_name_token(request.query.get("continue"))
     configs = await request.app[ENGINE].store.list_buildconfigs(namespace)
-    chosen = [c for c in configs if selector.matches(c.meta.labels)]
+    # Sorted by name; only the page is serialised, so a large list costs one page of JSON.
+    chosen = [
+        c for c in configs if (after is None or c.name > after) and selector.matches(c.meta.labels)
+    ]
+    page = chosen[:limit] if limit else chosen
+    token = _encode_name_token(page[-1].name) if limit and len(chosen) > limit else None
     return _list_response(
         "BuildConfigList",
-        (c.to_dict() for c in chosen),
+        (c.to_dict() for c in page),
         group_of(request),
         _newest_version(c.meta.resource_version for c in configs),
-        None,
+        token,
     )
+
+
+def _encode_name_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_name_token(token: str | None) -> str | None:
+    """The name a BuildConfig page ended at; 400 when the token is not one of ours."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise errors.BadRequest(f"continue token {token[:40]!r} is not valid") from e
 
 
 async def create_buildconfig(request: web.Request) -> web.Response:
@@ -534,9 +557,6 @@ def _tail(data: bytes, lines: int | None) -> bytes:
 # Route table --------------------------------------------------------------------------------
 _LIST_QUERY = (
     Param(name="labelSelector", description="Kubernetes label selector (a=b,c!=d,e in (x,y))."),
-)
-_BUILD_LIST_QUERY = (
-    *_LIST_QUERY,
     Param(name="limit", description="Page size (0: everything).", type="integer"),
     Param(name="continue", description="metadata.continue of the previous page."),
 )
@@ -655,7 +675,7 @@ def _routes_for(group: str) -> list[Endpoint]:
             "listBuilds",
             "List Builds.",
             {200: Reply(description="The Builds.", schema="BuildList")},
-            query=_BUILD_LIST_QUERY,
+            query=_LIST_QUERY,
             tag="builds",
         ),
         row(
