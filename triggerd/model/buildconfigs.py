@@ -154,9 +154,13 @@ def parse(doc: Any, *, default_namespace: str = metas.DEFAULT_NAMESPACE) -> Buil
     """Parse and validate a BuildConfig document; raise Invalid naming every bad field."""
     if not isinstance(doc, Mapping):
         raise Invalid(KIND, "", [_top_level_error(doc)])
+    # Parse the stripped copy that is kept as ``raw``, so the typed view's spec.raw is the
+    # same mapping as raw["spec"]: one copy of the document per config, not two.
+    given, doc = doc, _strip_server_fields(doc)
     fields = Fields()
     metas.check_type_meta(doc, fields, KIND)
-    meta = metas.parse_meta(doc, fields, default_namespace=default_namespace)
+    # metadata.resourceVersion is the caller's precondition: read it before it was stripped.
+    meta = metas.parse_meta(given, fields, default_namespace=default_namespace)
     spec_doc = fields.mapping(doc, "spec", "spec")
     if not spec_doc:
         fields.error("spec", "is required")
@@ -186,7 +190,7 @@ def parse(doc: Any, *, default_namespace: str = metas.DEFAULT_NAMESPACE) -> Buil
         ),
         failed_builds_history_limit=DEFAULT_HISTORY_LIMIT if failed_limit is None else failed_limit,
         last_version=last_version,
-        raw=_strip_server_fields(doc),
+        raw=doc,
     )
 
 

@@ -239,7 +239,7 @@ class SqliteStore:
         readers: int = 4,
         busy_timeout: float = 5.0,
         config_cache: int = 20_000,
-        build_cache: int = 4_096,
+        build_cache: int = 512,
     ) -> None:
         self.path = Path(path)
         self._readers_wanted = max(1, readers)
