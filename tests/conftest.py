@@ -10,14 +10,22 @@ when the test fails. Tests sharing session components must use their own reposit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.buildah import BuildahEnv, publish_busybox_base
 from tests.support.gitrepo import GitDaemon, GitRepoFactory
 from tests.support.registry import Registry, RegistryFactory
+
+# The suite must give the same verdict on every run: property tests draw the same examples
+# each time (derandomize). TRIGGERD_HYPOTHESIS_PROFILE=explore draws fresh ones, for hunting.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+hypothesis_settings.register_profile("explore", deadline=None)
+hypothesis_settings.load_profile(os.environ.get("TRIGGERD_HYPOTHESIS_PROFILE", "ci"))
 
 _failed_key = pytest.StashKey[bool]()
 

@@ -203,10 +203,13 @@ def _top_level_error(doc: object) -> Any:
 def _strip_server_fields(doc: Doc) -> dict[str, Any]:
     """Drop what the server regenerates, so a stored copy never carries stale versions."""
     raw = copy.deepcopy(dict(doc))
-    metadata = dict(raw.get("metadata") or {})
-    for key in ("managedFields", "resourceVersion", "generation", "selfLink"):
-        metadata.pop(key, None)
-    raw["metadata"] = metadata
+    metadata = raw.get("metadata")
+    if isinstance(metadata, Mapping):  # anything else is reported by validation
+        raw["metadata"] = {
+            k: v
+            for k, v in metadata.items()
+            if k not in ("managedFields", "resourceVersion", "generation", "selfLink")
+        }
     return raw
 
 
