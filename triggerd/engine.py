@@ -332,12 +332,9 @@ class Engine:
         return results
 
     async def configs_for_repository(self, urls: Iterable[str]) -> list[buildconfigs.BuildConfig]:
-        """The stored configs whose git uri names one of ``urls`` (the org-wide hook route)."""
-        found = []
-        for namespace, name in self.repo_index.lookup(urls):
-            with contextlib.suppress(NotFound):
-                found.append(await self.store.get_buildconfig(namespace, name))
-        return found
+        """The configs whose git uri names one of ``urls`` (the org-wide hook route), from
+        the in-memory index: a delivery's routing costs no store read."""
+        return self.repo_index.lookup(urls)
 
     def webhook_secret(self, hook: buildconfigs.WebHookTrigger) -> str | None:
         """The trigger's secret: inline, or key WebHookSecretKey of the named secret."""

@@ -74,11 +74,18 @@ def normalize_repo_url(url: str) -> str | None:
 
 
 class RepoIndex:
-    """Normalised repository URL → the configs (namespace, name) that build it."""
+    """Normalised repository URL → the configs that build it.
+
+    It keeps the parsed configs themselves, so routing a delivery reads no store: every
+    config write goes through the engine (or, with a shared store, its watch), which puts
+    the stored config here. Only the routing-relevant parts (spec, triggers, annotations)
+    must be current; status.lastVersion may lag, and the store reads the config again when
+    it numbers a build.
+    """
 
     def __init__(self) -> None:
         self._by_url: dict[str, set[tuple[str, str]]] = defaultdict(set)
-        self._urls: dict[tuple[str, str], str] = {}
+        self._configs: dict[tuple[str, str], tuple[str, BuildConfig]] = {}
 
     def put(self, config: BuildConfig) -> None:
         key = (config.namespace, config.name)
@@ -87,25 +94,27 @@ class RepoIndex:
         url = normalize_repo_url(git.uri) if git else None
         if url:
             self._by_url[url].add(key)
-            self._urls[key] = url
+            self._configs[key] = (url, config)
 
     def remove(self, namespace: str, name: str) -> None:
-        url = self._urls.pop((namespace, name), None)
-        if url is not None:
+        entry = self._configs.pop((namespace, name), None)
+        if entry is not None:
+            url = entry[0]
             self._by_url[url].discard((namespace, name))
             if not self._by_url[url]:
                 del self._by_url[url]
 
-    def lookup(self, urls: Iterable[str]) -> list[tuple[str, str]]:
+    def lookup(self, urls: Iterable[str]) -> list[BuildConfig]:
+        """The configs building any of ``urls``, ordered by (namespace, name)."""
         found: set[tuple[str, str]] = set()
         for url in urls:
             normalised = normalize_repo_url(url)
             if normalised:
                 found |= self._by_url.get(normalised, set())
-        return sorted(found)
+        return [self._configs[key][1] for key in sorted(found)]
 
     def __len__(self) -> int:
-        return len(self._urls)
+        return len(self._configs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

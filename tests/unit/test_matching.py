@@ -48,9 +48,11 @@ def test_index_routes_and_forgets() -> None:
     c = buildconfig("c", uri="https://github.com/org/other.git")
     for config in (a, b, c):
         index.put(config)
-    assert index.lookup(["https://github.com/org/app"]) == [("default", "a"), ("default", "b")]
-    index.put(buildconfig("b", uri="https://github.com/org/moved.git"))
-    assert index.lookup(["https://github.com/org/app"]) == [("default", "a")]
+    assert index.lookup(["https://github.com/org/app"]) == [a, b]
+    moved = buildconfig("b", uri="https://github.com/org/moved.git")
+    index.put(moved)
+    assert index.lookup(["https://github.com/org/app"]) == [a]
+    assert index.lookup(["https://github.com/org/moved"]) == [moved]
     index.remove("default", "a")
     assert index.lookup(["https://github.com/org/app"]) == []
     assert len(index) == 2

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qs
 
+from triggerd import jsoncodec
 from triggerd.errors import MalformedPayload, UnsupportedEvent, UnsupportedMediaType
 from triggerd.events import Commit, Person, RefKind
 
@@ -89,7 +90,7 @@ def accept_media_type(content_type: str, accepted: tuple[str, ...], *, who: str)
 def decode_json(body: bytes | str, *, what: str = "body") -> object:
     """Decoded JSON, or MalformedPayload saying where the text stopped making sense."""
     try:
-        return json.loads(body)
+        return jsoncodec.loads_payload(body)
     except json.JSONDecodeError as exc:
         raise MalformedPayload(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from triggerd.errors import Invalid
+from triggerd.errors import FieldError, Invalid
 from triggerd.model import buildconfigs, builds, specs
 from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig
@@ -111,32 +111,16 @@ def instantiate(
     created: datetime,
 ) -> builds.Build:
     """Make Build number ``number`` of ``config`` as ``request`` asks."""
-    spec_doc = {
-        k: copy.deepcopy(v) for k, v in config.spec.raw.items() if k not in specs.CONFIG_ONLY_FIELDS
-    }
-    strategy = dict(spec_doc.get("strategy") or {})
-    # env and from apply to whichever strategy the config uses; build args and noCache are
-    # Docker's alone.
-    key = STRATEGY_KEYS.get(config.spec.strategy.type, "dockerStrategy")
-    options = dict(strategy.get(key) or {})
-    if request.env:
-        options["env"] = _merge(options.get("env"), request.env)
-    if request.from_image is not None:
-        options["from"] = {"kind": request.from_image.kind.value, "name": request.from_image.name}
-    if key == "dockerStrategy":
-        if request.build_args:
-            options["buildArgs"] = _merge(options.get("buildArgs"), request.build_args)
-        if request.no_cache is not None:
-            options["noCache"] = request.no_cache
-    if options or key in strategy:
-        strategy[key] = options
-        spec_doc["strategy"] = strategy
-    spec_doc.pop("revision", None)
-    fields = Fields()
-    spec = specs.parse_common_spec(spec_doc, fields)
+    overrides = bool(
+        request.env
+        or request.from_image is not None
+        or request.build_args
+        or request.no_cache is not None
+    )
+    spec, errors = _overridden_spec(config, request) if overrides else _plain_spec(config)
     name = build_name(config.name, number)
-    if fields.errors:
-        raise Invalid(builds.KIND, name, fields.errors)
+    if errors:
+        raise Invalid(builds.KIND, name, list(errors))
     if request.revision is not None:
         spec = replace(spec, revision=request.revision)
     labels = {
@@ -162,6 +146,64 @@ def instantiate(
     )
     causes = request.triggered_by or ({"message": MANUAL_CAUSE},)
     return builds.Build(meta=meta, spec=spec, triggered_by=causes, status=builds.BuildStatus())
+
+
+def _build_spec_doc(config: BuildConfig) -> dict[str, Any]:
+    doc = {
+        k: copy.deepcopy(v) for k, v in config.spec.raw.items() if k not in specs.CONFIG_ONLY_FIELDS
+    }
+    doc.pop("revision", None)
+    return doc
+
+
+def _overridden_spec(
+    config: BuildConfig, request: BuildRequest
+) -> tuple[specs.CommonSpec, tuple[FieldError, ...]]:
+    spec_doc = _build_spec_doc(config)
+    strategy = dict(spec_doc.get("strategy") or {})
+    # env and from apply to whichever strategy the config uses; build args and noCache are
+    # Docker's alone.
+    key = STRATEGY_KEYS.get(config.spec.strategy.type, "dockerStrategy")
+    options = dict(strategy.get(key) or {})
+    if request.env:
+        options["env"] = _merge(options.get("env"), request.env)
+    if request.from_image is not None:
+        options["from"] = {"kind": request.from_image.kind.value, "name": request.from_image.name}
+    if key == "dockerStrategy":
+        if request.build_args:
+            options["buildArgs"] = _merge(options.get("buildArgs"), request.build_args)
+        if request.no_cache is not None:
+            options["noCache"] = request.no_cache
+    if options or key in strategy:
+        strategy[key] = options
+        spec_doc["strategy"] = strategy
+    fields = Fields()
+    spec = specs.parse_common_spec(spec_doc, fields)
+    return spec, tuple(fields.errors)
+
+
+#: Parsed build specs of recent config documents, by the identity of the config's spec
+#: document (kept alive by the entry, so the identity cannot be reused while cached). A
+#: webhook build without overrides copies its config's spec as is; parsing that spec again
+#: for every build was a third of the cost of making one. Specs are immutable and their
+#: documents are never mutated (Build.to_dict copies), so builds may share one.
+_PLAIN_SPECS: dict[int, tuple[Mapping[str, Any], specs.CommonSpec, tuple[FieldError, ...]]] = {}
+_PLAIN_SPECS_MAX = 1024
+
+
+def _plain_spec(config: BuildConfig) -> tuple[specs.CommonSpec, tuple[FieldError, ...]]:
+    raw = config.spec.raw
+    cached = _PLAIN_SPECS.get(id(raw))
+    if cached is not None and cached[0] is raw:
+        return cached[1], cached[2]
+    fields = Fields()
+    spec = specs.parse_common_spec(_build_spec_doc(config), fields)
+    if len(_PLAIN_SPECS) >= _PLAIN_SPECS_MAX:
+        # Oldest first (dicts keep insertion order); a racing writer at worst drops more.
+        for key in list(_PLAIN_SPECS)[: _PLAIN_SPECS_MAX // 4]:
+            _PLAIN_SPECS.pop(key, None)
+    _PLAIN_SPECS[id(raw)] = (raw, spec, tuple(fields.errors))
+    return spec, tuple(fields.errors)
 
 
 def _merge(existing: Any, overrides: tuple[specs.EnvVar, ...]) -> list[dict[str, Any]]:

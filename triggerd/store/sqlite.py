@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, cast
 
+from triggerd import jsoncodec
 from triggerd.errors import (
     AlreadyExists,
     BadRequest,
@@ -499,7 +500,7 @@ class SqliteStore:
                 creation_timestamp=datetime.fromtimestamp(created, UTC),
             )
             stored = replace(build, meta=meta)
-            doc = _dumps(stored.to_dict())
+            doc = _dumps(stored.to_dict(shared=True))
             conn.execute(
                 "UPDATE builds SET phase = ?, resource_version = ?, labels = ?, doc = ?"
                 " WHERE namespace = ? AND name = ?",
@@ -610,7 +611,7 @@ class SqliteStore:
                 creation_timestamp=created,
             ),
         )
-        doc = _dumps(build.to_dict())
+        doc = _dumps(build.to_dict(shared=True))
         try:
             conn.execute(
                 "INSERT INTO builds (namespace, name, config_name, number, phase, uid,"
@@ -1090,7 +1091,9 @@ _LONE_SURROGATES: Final = re.compile("[\ud800-\udfff]")
 
 
 def _dumps(value: Any) -> str:
-    return _LONE_SURROGATES.sub("\ufffd", _ENCODER.encode(value))
+    # orjson refuses lone surrogates, so the substitution below only runs on json's text.
+    text = jsoncodec.dumps(value, default=_json_default, fallback=_ENCODER)
+    return _LONE_SURROGATES.sub("\ufffd", text)
 
 
 def _check_version(kind: str, name: str, meta: metas.ObjectMeta, expected: str | None) -> None:
