@@ -404,11 +404,23 @@ class PlanRun:
             await asyncio.shield(self._collect([*base, "rm", container], action.buildah))
 
     def _copy_into(self, action: CopyInto) -> None:
-        source = self._inside(self._path(action.source))
+        if os.path.isabs(action.source):
+            # A Secret or ConfigMap volume the pod mounts (planning.jobs): the kubelet's
+            # layout is key -> ..data/key -> ..<timestamp>/key, so a key is a symlink that
+            # must stay inside the volume; the ..-prefixed entries are its bookkeeping.
+            source = Path(os.path.realpath(action.source))
+        else:
+            source = self._inside(self._path(action.source))
         for entry in sorted(source.iterdir()):
-            if entry.is_file() and not entry.is_symlink():
-                mode = entry.stat().st_mode & 0o777
-                self._write(f"{action.destination}/{entry.name}", entry.read_bytes(), mode)
+            if entry.name.startswith(".."):
+                continue
+            real = Path(os.path.realpath(entry))
+            if entry.is_symlink() and source not in real.parents:
+                continue
+            if real.is_file():
+                # Owner-writable like the host's copies (0644), whatever the volume's mode.
+                mode = (real.stat().st_mode & 0o777) | 0o200
+                self._write(f"{action.destination}/{entry.name}", real.read_bytes(), mode)
 
     async def _extract(self, action: ExtractArchive) -> None:
         destination = self._inside(self._path(action.destination), create=True)

@@ -27,6 +27,7 @@ from triggerd.planning.plan import (
     Captured,
     CheckInside,
     Command,
+    CopyInto,
     EditDockerfile,
     InWorkspace,
     MakeDirectory,
@@ -339,3 +340,43 @@ async def test_cli_sigterm_stops_the_build(env: ExecutorEnv) -> None:
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 3
     assert not any(cmd == "sleep 74" for _, cmd in processes().values())
+
+
+def kubelet_volume(root: Path, files: dict[str, str]) -> Path:
+    """A Secret/ConfigMap volume as the kubelet's atomic writer lays it out: the data in a
+    timestamped directory, ``..data`` pointing at it, each key a symlink through ``..data``."""
+    root.mkdir(parents=True)
+    stamped = root / "..2026_01_01_00_00_00.000000001"
+    stamped.mkdir()
+    for key, value in files.items():
+        (stamped / key).write_text(value)
+        (stamped / key).chmod(0o444)
+    (root / "..data").symlink_to(stamped.name)
+    for key in files:
+        (root / key).symlink_to(f"..data/{key}")
+    return root
+
+
+async def test_copy_into_from_a_mounted_volume(tmp_path: Path) -> None:
+    volume = kubelet_volume(tmp_path / "mnt" / "npmrc", {".npmrc": "token", "extra": "x"})
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the volume")
+    (volume / "escape").symlink_to(outside)  # a key may not lead out of its volume
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    plan = Plan(
+        steps=(
+            step(MakeDirectory(path="source"), StageName.FETCH_INPUTS),
+            step(
+                CopyInto(source=str(volume), destination="source/creds", what='secret "npmrc"'),
+                StageName.FETCH_INPUTS,
+            ),
+        )
+    )
+    result, log, _ = await run_plan(plan, workspace)
+    assert result.failure is None, log
+    creds = workspace / "source" / "creds"
+    assert sorted(p.name for p in creds.iterdir()) == [".npmrc", "extra"]
+    assert (creds / ".npmrc").read_text() == "token"
+    assert not (creds / ".npmrc").is_symlink()
+    assert (creds / ".npmrc").stat().st_mode & 0o777 == 0o644  # as the host's copies

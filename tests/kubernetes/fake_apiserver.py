@@ -43,6 +43,7 @@ STATUS_SUBRESOURCE = frozenset(
 KINDS: Mapping[Key, str] = {
     ("v1", "pods"): "Pod",
     ("v1", "secrets"): "Secret",
+    ("v1", "configmaps"): "ConfigMap",
     ("v1", "namespaces"): "Namespace",
     ("batch/v1", "jobs"): "Job",
     ("coordination.k8s.io/v1", "leases"): "Lease",
@@ -171,6 +172,8 @@ class FakeApiServer:
         self.calls = Calls()
         #: resources answered with 404 as if their CRD were not installed
         self.unserved: set[Key] = set()
+        #: kinds this client's RBAC does not allow: every request answers 403 Forbidden
+        self.forbidden: set[Key] = set()
         #: hooks run on create (e.g. the Job controller making a pod); may edit the store
         self.on_create: list[Callable[[Key, Obj], None]] = []
         #: the next N writes to these keys fail with 500 (flaky API)
@@ -312,6 +315,10 @@ class FakeApiServer:
         key = (api_version, plural)
         if key not in KINDS or key in self.unserved:
             return status(404, "NotFound", f"the server could not find {api_version}/{plural}")
+        if key in self.forbidden:
+            return status(
+                403, "Forbidden", f"{plural} is forbidden: User cannot {request.method} {plural}"
+            )
         if self.fail_next.get(key) and request.method != "GET":
             self.fail_next[key] -= 1
             return status(500, "InternalError", "injected failure")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,10 @@ from triggerd.executors.base import Cancelled, Executor, Failed, Outcome, Succee
 from triggerd.executors.kubernetes import KubernetesExecutor
 from triggerd.kube import Kube, KubernetesSettings
 from triggerd.logs import LogStore
+from triggerd.model import buildconfigs, requests
 from triggerd.model.builds import Build, Phase, Reason, Stage
 from triggerd.model.specs import SourceRevision
-from triggerd.planning import jobs
+from triggerd.planning import archives, jobs
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -308,3 +310,113 @@ async def test_stale_job_of_an_earlier_same_named_build_is_replaced(
     cluster.start_build(job_name)
     cluster.finish_build(job_name, message=result_message(digest=DIGEST))
     assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+
+
+# Inputs and unsupported sources ---------------------------------------------------------------
+
+INPUT_SPEC: dict[str, Any] = {
+    "source": {
+        "type": "Git",
+        "git": {"uri": "https://git.example.com/team/app.git", "ref": "main"},
+        "secrets": [{"secret": {"name": "npmrc"}, "destinationDir": "creds"}],
+        "configMaps": [{"configMap": {"name": "settings"}}],
+    },
+    "strategy": {"type": "Docker", "dockerStrategy": {}},
+}
+
+
+def build_with(**spec: Any) -> Build:
+    doc = factories.buildconfig_doc("inputs", namespace="triggerd")
+    doc["spec"].update(spec)
+    made = requests.instantiate(
+        buildconfigs.parse(doc), requests.BuildRequest(), number=1, uid="uid-inputs-1",
+        created=factories.T0,
+    )  # fmt: skip
+    return dataclasses.replace(made, status=dataclasses.replace(made.status, phase=Phase.PENDING))
+
+
+def put_object(apiserver: FakeApiServer, plural: str, name: str) -> None:
+    kind = "Secret" if plural == "secrets" else "ConfigMap"
+    apiserver.put(
+        ("v1", plural),
+        {"apiVersion": "v1", "kind": kind,
+         "metadata": {"name": name, "namespace": "triggerd"}, "data": {"k": "djE="}},
+    )  # fmt: skip
+
+
+async def test_a_missing_input_secret_fails_before_any_job(
+    executor: KubernetesExecutor, apiserver: FakeApiServer, logs: LogStore
+) -> None:
+    put_object(apiserver, "configmaps", "settings")
+    build = build_with(**INPUT_SPEC)
+    outcome = await asyncio.wait_for(executor.run(build, Recorder()), 10)
+    assert isinstance(outcome, Failed)
+    assert outcome.reason is Reason.FETCH_SOURCE_FAILED
+    assert 'secret "npmrc"' in outcome.message and '"triggerd"' in outcome.message
+    assert apiserver.calls.creates.get(JOBS, []) == []
+    assert 'secret "npmrc"' in logs.read("triggerd", build.name).decode()
+
+
+async def test_present_inputs_are_mounted_and_the_job_runs(
+    executor: KubernetesExecutor, apiserver: FakeApiServer, cluster: Cluster
+) -> None:
+    put_object(apiserver, "configmaps", "settings")
+    put_object(apiserver, "secrets", "npmrc")
+    build = build_with(**INPUT_SPEC)
+    task, _, job_name = await start(executor, build, cluster)
+    job = cluster.job(job_name)
+    assert job is not None
+    volumes = {
+        v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"] if "input" in v["name"]
+    }
+    assert {v.get("secret", v.get("configMap"))["defaultMode"] for v in volumes.values()} == {0o444}
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+
+
+async def test_input_checks_skipped_when_rbac_forbids_them(
+    executor: KubernetesExecutor, apiserver: FakeApiServer, cluster: Cluster
+) -> None:
+    """Without `get configmaps` the check cannot be made: the Job is created anyway."""
+    put_object(apiserver, "secrets", "npmrc")
+    apiserver.forbidden.add(("v1", "configmaps"))
+    build = build_with(**INPUT_SPEC)
+    task, _, job_name = await start(executor, build, cluster)
+    assert apiserver.calls.creates[JOBS] == [job_name]
+    await executor.cancel(build.namespace, build.name)
+    assert isinstance(await asyncio.wait_for(task, 15), Cancelled)
+
+
+async def test_a_missing_push_secret_is_named(
+    executor: KubernetesExecutor, apiserver: FakeApiServer
+) -> None:
+    build = build_with(
+        output={"to": {"kind": "DockerImage", "name": "127.0.0.1:5000/team/app:latest"},
+                "pushSecret": {"name": "push-creds"}},
+    )  # fmt: skip
+    outcome = await asyncio.wait_for(executor.run(build, Recorder()), 10)
+    assert isinstance(outcome, Failed)
+    assert outcome.reason is Reason.PUSH_IMAGE_TO_REGISTRY_FAILED
+    assert 'secret "push-creds"' in outcome.message
+    assert apiserver.calls.creates.get(JOBS, []) == []
+
+
+async def test_binary_builds_are_refused_with_a_reason(
+    executor: KubernetesExecutor, apiserver: FakeApiServer, logs: LogStore
+) -> None:
+    build = build_with(source={"type": "Binary", "binary": {}})
+    build = dataclasses.replace(
+        build,
+        meta=dataclasses.replace(
+            build.meta,
+            annotations={**build.meta.annotations, archives.INPUT_ANNOTATION: "sha256:" + "0" * 64},
+        ),
+    )
+    outcome = await asyncio.wait_for(executor.run(build, Recorder()), 10)
+    assert isinstance(outcome, Failed)
+    assert outcome.reason is Reason.FETCH_SOURCE_FAILED
+    assert "binary builds" in outcome.message and "executor kubernetes" in outcome.message
+    assert apiserver.calls.creates.get(JOBS, []) == []
+    assert "not shipped into build pods" in logs.read("triggerd", build.name).decode()

@@ -12,7 +12,7 @@ from tests import factories
 from triggerd.model import buildconfigs, requests
 from triggerd.model.builds import Build, Reason, StageName
 from triggerd.planning import buildah, jobs
-from triggerd.planning.plan import Capture, Command, Plan
+from triggerd.planning.plan import Capture, Command, CopyInto, Plan, RunInImage
 
 #: The oldest Kubernetes the manifests must be valid for (podFailurePolicy is on by default).
 K8S_VERSION = "1.30.0"
@@ -235,3 +235,136 @@ def test_unknown_failure_reason_falls_back_to_generic() -> None:
     }
     view = jobs.read_pod(pod, image="", deadline_seconds=10)
     assert getattr(view.outcome, "reason", None) is Reason.GENERIC_BUILD_FAILED
+
+
+# Build inputs: source secrets/configMaps, dockerStrategy volumes, custom secrets -------------
+
+INPUTS_SPEC: dict[str, Any] = {
+    "source": {
+        "type": "Git",
+        "git": {"uri": "https://git.example.com/team/app.git", "ref": "main"},
+        "sourceSecret": {"name": "git-basic"},
+        "secrets": [{"secret": {"name": "npmrc"}, "destinationDir": "creds"}],
+        "configMaps": [{"configMap": {"name": "settings"}, "destinationDir": "conf"}],
+    },
+    "strategy": {
+        "type": "Docker",
+        "dockerStrategy": {
+            "volumes": [
+                {"name": "token", "source": {"type": "Secret", "secret": {"secretName": "tok"}},
+                 "mounts": [{"destinationPath": "/run/token"}]},
+                {"name": "ca", "source": {"type": "ConfigMap", "configMap": {"name": "ca"}},
+                 "mounts": [{"destinationPath": "/etc/pki/extra"}]},
+            ]
+        },
+    },
+}  # fmt: skip
+
+
+def mounts_of(container: dict[str, Any]) -> dict[str, str]:
+    return {m["mountPath"]: m["name"] for m in container["volumeMounts"] if m.get("readOnly")}
+
+
+def test_inputs_are_mounted_where_the_plans_use_them() -> None:
+    build = make_build(**INPUTS_SPEC)
+    job, plan = render(build, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    by_name = containers(job)
+    fetch, build_mounts = mounts_of(by_name["fetch"]), mounts_of(by_name["build"])
+    secrets, config_maps = jobs.INPUT_SECRETS_DIR, jobs.INPUT_CONFIG_MAPS_DIR
+    # Copied into the context by the init container's plan (as the host plan copies them).
+    assert f"{secrets}/npmrc" in fetch and f"{config_maps}/settings" in fetch
+    assert f"{secrets}/npmrc" not in build_mounts
+    # dockerStrategy.volumes are buildah --volume mounts: the build container's.
+    assert f"{secrets}/tok" in build_mounts and f"{config_maps}/ca" in build_mounts
+    assert f"{secrets}/tok" not in fetch
+    for path, volume_name in {**fetch, **build_mounts}.items():
+        if path.startswith((secrets, config_maps)):
+            volume = volumes[volume_name]
+            source = volume.get("secret") or volume["configMap"]
+            assert source.get("secretName", source.get("name")) == path.rsplit("/", 1)[1]
+            assert source["defaultMode"] == 0o444 and "items" not in source
+    # The plan's copies and mounts point at those volumes.
+    copies = {
+        (s.action.source, s.action.destination)
+        for s in plan.steps
+        if isinstance(s.action, CopyInto)
+    }
+    assert copies == {
+        (f"{secrets}/npmrc", "source/creds"),
+        (f"{config_maps}/settings", "source/conf"),
+    }
+    build_argv = [a for s in plan.steps if isinstance(s.action, Command) for a in s.action.argv]
+    assert f"{secrets}/tok:/run/token:ro" in build_argv
+    assert f"{config_maps}/ca:/etc/pki/extra:ro" in build_argv
+    assert "s3cr3t" not in json.dumps(job)
+
+
+def test_basic_auth_source_secret_is_mounted_whole_for_the_credential_helper() -> None:
+    build = make_build(**INPUTS_SPEC)
+    job, plan = render(build, options())
+    volume = next(
+        v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "source-secret"
+    )
+    # No items list: a basic-auth secret has no ssh-privatekey, which would block the pod.
+    assert volume["secret"] == {"secretName": "git-basic", "defaultMode": 0o440}
+    assert mounts_of(containers(job)["fetch"])[jobs.SOURCE_SECRET_DIR] == "source-secret"
+    assert jobs.SOURCE_SECRET_DIR not in mounts_of(containers(job)["build"])
+    fetch_env = next(
+        s.action.env for s in plan.steps
+        if isinstance(s.action, Command) and "fetch" in s.action.argv
+    )  # fmt: skip
+    assert fetch_env["GIT_CONFIG_VALUE_1"] == jobs.git_credential_helper(jobs.SOURCE_SECRET_DIR)
+    assert jobs.SOURCE_SECRET_DIR in str(fetch_env["GIT_SSH_COMMAND"])
+
+
+def test_source_strategy_secrets_and_custom_secrets_go_to_the_build_container() -> None:
+    s2i = make_build(
+        source=INPUTS_SPEC["source"],
+        strategy={"type": "Source",
+                  "sourceStrategy": {"from": {"kind": "DockerImage", "name": "s2i/python:3"}}},
+    )  # fmt: skip
+    job, _ = render(s2i, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    secret_dir = f"{jobs.INPUT_SECRETS_DIR}/npmrc"
+    # Source strategy: mounted for assemble only, never copied into the context.
+    assert secret_dir in mounts_of(containers(job)["build"])
+    assert secret_dir not in mounts_of(containers(job)["fetch"])
+    custom = make_build(
+        strategy={"type": "Custom", "customStrategy": {
+            "from": {"kind": "DockerImage", "name": "builder:1"},
+            "secrets": [{"secretSource": {"name": "deploy-key"}, "mountPath": "/var/run/key"}],
+        }},
+    )  # fmt: skip
+    job, plan = render(custom, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert f"{jobs.INPUT_SECRETS_DIR}/deploy-key" in mounts_of(containers(job)["build"])
+    run = next(s.action for s in plan.steps if isinstance(s.action, RunInImage))
+    assert (f"{jobs.INPUT_SECRETS_DIR}/deploy-key", "/var/run/key") in run.mounts
+
+
+def test_git_credential_helper_answers_from_the_mounted_files(tmp_path: Any) -> None:
+    """git itself runs the helper: basic-auth files answer, an ssh-auth secret does not."""
+    import subprocess
+
+    def fill(directory: str) -> str:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0",
+               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": "1",
+               "GIT_CONFIG_KEY_0": "credential.helper",
+               "GIT_CONFIG_VALUE_0": jobs.git_credential_helper(directory)}  # fmt: skip
+        done = subprocess.run(
+            ["git", "credential", "fill"], input="protocol=https\nhost=git.example.com\n\n",
+            env=env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        return done.stdout
+
+    basic = tmp_path / "basic"
+    basic.mkdir()
+    (basic / "username").write_text("robot")
+    (basic / "password").write_text("p@ss word")
+    assert "username=robot\npassword=p@ss word\n" in fill(str(basic))
+    ssh = tmp_path / "ssh"
+    ssh.mkdir()
+    (ssh / "ssh-privatekey").write_text("key")
+    assert "password=" not in fill(str(ssh))

@@ -27,6 +27,7 @@ from triggerd.executors.base import Cancelled, Failed, Outcome, Reporter, Succee
 from triggerd.kube import Kube, KubeError, KubernetesSettings, WatchExpired, path_for
 from triggerd.logs import LogStore, LogWriter, snippet
 from triggerd.model.builds import Build, Phase, Reason, StageName
+from triggerd.model.specs import SourceType
 from triggerd.planning import buildah, jobs
 from triggerd.planning.plan import Plan
 
@@ -117,14 +118,16 @@ class KubernetesExecutor:
         try:
             options = job_options(self.settings, build, owner_builds=self.owner_builds)
             try:
+                refuse_unsupported(build)
                 plan = buildah.render(build, jobs.plan_context(build, options))
             except buildah.Unplannable as e:
-                with self.logs.open_writer(build.namespace, build.name) as writer:
-                    writer.line(f"--> Build failed ({e.reason.value}): {e}")
-                return Failed(reason=e.reason, message=str(e), log_snippet=str(e))
+                return self._refuse(build, e.reason, str(e))
             manifest = jobs.render_job(build, plan, options)
             job_name = str(manifest["metadata"]["name"])
             try:
+                missing = await self._missing_volume_source(job_name, manifest)
+                if missing is not None:
+                    return self._refuse(build, *missing)
                 adopted = await self._create_or_adopt(build, job_name, manifest)
             except KubeError as e:
                 message = f"{Reason.CANNOT_CREATE_BUILD_POD.message} {e.status} {e.message}"
@@ -139,6 +142,48 @@ class KubernetesExecutor:
             return await self._follow(build, job_name, plan, reporter, active, adopted=adopted)
         finally:
             del self._active[key]
+
+    def _refuse(self, build: Build, reason: Reason, message: str) -> Failed:
+        """The build fails before any Job exists; the log says why."""
+        with self.logs.open_writer(build.namespace, build.name) as writer:
+            writer.line(f"--> Build failed ({reason.value}): {message}")
+        return Failed(reason=reason, message=message, log_snippet=message)
+
+    async def _missing_volume_source(
+        self, job_name: str, manifest: dict[str, Any]
+    ) -> tuple[Reason, str] | None:
+        """Why the Job cannot start when a Secret or ConfigMap its pod mounts is missing
+        (the kubelet would leave the pod in ContainerCreating until the deadline), or None.
+
+        Only checked before the first create: an existing Job (adoption) already runs."""
+        try:
+            await self.kube.get(path_for("batch/v1", "jobs", self.settings.namespace, job_name))
+            return None
+        except KubeError as e:
+            if not e.not_found:
+                raise
+        namespace = self.settings.namespace
+        for volume in manifest["spec"]["template"]["spec"]["volumes"]:
+            if "secret" in volume:
+                plural, kind, name = "secrets", "secret", volume["secret"]["secretName"]
+            elif "configMap" in volume:
+                plural, kind, name = "configmaps", "config map", volume["configMap"]["name"]
+            else:
+                continue
+            try:
+                await self.kube.get(path_for("v1", plural, namespace, name))
+            except KubeError as e:
+                if e.status == 403:
+                    # Not allowed to look (RBAC without configmaps get): the pod will tell.
+                    log.warning("cannot check %s %s/%s: forbidden", kind, namespace, name)
+                    continue
+                if not e.not_found:
+                    raise
+                return _VOLUME_REASONS.get(volume["name"], Reason.FETCH_SOURCE_FAILED), (
+                    f'{kind} "{name}" (volume {volume["name"]}) does not exist in '
+                    f'namespace "{namespace}", where the build pod runs'
+                )
+        return None
 
     async def cancel(self, namespace: str, name: str) -> bool:
         active = self._active.get((namespace, name))
@@ -438,6 +483,31 @@ class KubernetesExecutor:
                     writer.write(chunk)
             except KubeError as e:
                 writer.line(f"--> the {container} container's log is unavailable ({e.status})")
+
+
+#: Which build step a missing Secret of the pod would have failed (as the host executor
+#: reports a missing push or pull secret); inputs and the source secret fail the fetch.
+_VOLUME_REASONS = {
+    "push-secret": Reason.PUSH_IMAGE_TO_REGISTRY_FAILED,
+    "pull-secret": Reason.PULL_BUILDER_IMAGE_FAILED,
+}
+
+
+def refuse_unsupported(build: Build) -> None:
+    """Raise Unplannable for a build this executor cannot run correctly.
+
+    Binary builds: the upload is stored under the ``dataDir`` of the replica that received
+    it (``instantiatebinary``) and nothing ships it into a build pod, so such a build would
+    otherwise fail later with a misleading "no upload" message, or build the wrong thing."""
+    source = build.spec.source
+    if source.binary is not None or source.type is SourceType.BINARY:
+        raise buildah.Unplannable(
+            Reason.FETCH_SOURCE_FAILED,
+            "binary builds (source.binary, instantiatebinary uploads) are not supported with "
+            "executor kubernetes: the upload stays on the triggerd replica that received it "
+            "and is not shipped into build pods; use a Git source (or an inline Dockerfile) "
+            "or run this BuildConfig on a triggerd with executor local",
+        )
 
 
 def _completed(job: dict[str, Any]) -> bool:

@@ -110,7 +110,8 @@ class PlanContext:
     binary_limits: archives.Limits = field(default_factory=archives.Limits)
     #: Registry repository for this build's layer cache (--cache-from/--cache-to), or None.
     cache_repository: str | None = None
-    #: Secret / config map name → directory (one file per key) the executor wrote.
+    #: Secret / config map name → directory with one file per key: one the executor wrote
+    #: (workspace-relative) or where it mounted the volume (absolute).
     secret_dirs: Mapping[str, str] = field(default_factory=dict)
     config_map_dirs: Mapping[str, str] = field(default_factory=dict)
 
@@ -479,7 +480,8 @@ class _BuildOptions:
     no_cache: bool = False
     force_pull: bool = False
     build_args: tuple[tuple[str, str], ...] = ()
-    volumes: tuple[tuple[str, str], ...] = ()  # (workspace dir, container path), read-only
+    #: (workspace or absolute dir, container path), read-only
+    volumes: tuple[tuple[str, str], ...] = ()
     #: imageOptimizationPolicy SkipLayers(AndWarn): buildah without --layers commits once,
     #: so the image is the base's layers plus one (buildah's --squash would also fold the
     #: base's layers in, measured with buildah 1.28); no layer cache for such builds.
@@ -647,7 +649,13 @@ def _build(ctx: PlanContext, options: _BuildOptions, *, context_dir: str, image:
     for name, value in options.build_args:
         argv += ["--build-arg", f"{name}={value}"]
     for directory, destination in options.volumes:
-        argv += ["--volume", InWorkspace(path=directory, suffix=f":{destination}:ro")]
+        # Absolute: a volume the Job mounts; relative: a directory the host executor wrote.
+        volume: Arg = (
+            f"{directory}:{destination}:ro"
+            if directory.startswith("/")
+            else InWorkspace(path=directory, suffix=f":{destination}:ro")
+        )
+        argv += ["--volume", volume]
     if image:
         argv += ["--tag", image]
     argv.append(InWorkspace(path=context_dir))

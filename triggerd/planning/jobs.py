@@ -28,7 +28,7 @@ from typing import Any, Final
 from triggerd.executors.base import Failed, Outcome, Succeeded
 from triggerd.model import meta as metas
 from triggerd.model.builds import Build, Reason, Stage, StageName
-from triggerd.model.specs import SourceRevision
+from triggerd.model.specs import SourceRevision, VolumeSourceType
 from triggerd.planning.buildah import PlanContext
 from triggerd.planning.plan import (
     Capture,
@@ -63,10 +63,21 @@ STORAGE_RUNROOT: Final = f"{STORAGE_MOUNT}/run"
 PUSH_SECRET_DIR: Final = "/var/run/secrets/triggerd/push"  # noqa: S105
 PULL_SECRET_DIR: Final = "/var/run/secrets/triggerd/pull"  # noqa: S105
 SOURCE_SECRET_DIR: Final = "/var/run/secrets/triggerd/source"  # noqa: S105
+#: Where source.secrets, dockerStrategy.volumes and customStrategy.secrets are mounted,
+#: one directory per Secret / ConfigMap name (read-only volumes, never copied by triggerd).
+INPUT_SECRETS_DIR: Final = "/var/run/secrets/triggerd/inputs"
+INPUT_CONFIG_MAPS_DIR: Final = "/var/run/configmaps/triggerd/inputs"
 #: The pod's own emptyDir (the root filesystem is read-only), not the host's /tmp.
 POD_TMP: Final = "/tmp"  # noqa: S108
 AUTH_FILE: Final = "config.json"
 SSH_KEY_FILE: Final = "ssh-privatekey"
+#: Keys of a kubernetes.io/basic-auth source secret.
+BASIC_USERNAME_FILE: Final = "username"
+BASIC_PASSWORD_FILE: Final = "password"  # noqa: S105 (a key name)
+#: Input volumes are readable by the build's own (possibly non-root) user inside buildah,
+#: as the host executor's 0644 copies are; the source secret is for the init user only.
+INPUT_MODE: Final = 0o444
+SOURCE_SECRET_MODE: Final = 0o440
 TERMINATION_LOG: Final = "/dev/termination-log"
 #: What buildah needs to build without privileges (measured: SETUID/SETGID/SETFCAP for
 #: user namespaces and file capabilities, CHOWN/DAC_OVERRIDE/FOWNER/FSETID for layers).
@@ -125,10 +136,44 @@ def label_value(text: str) -> str:
 # Plans -------------------------------------------------------------------------------------
 
 
+def input_names(build: Build) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The Secrets and ConfigMaps (sorted names) the build reads besides its credentials:
+    source.secrets/configMaps, dockerStrategy.volumes and customStrategy.secrets, the same
+    ones the host executor resolves from its settings."""
+    source = build.spec.source
+    strategy = build.spec.strategy
+    secrets = {item.name for item in source.secrets}
+    config_maps = {item.name for item in source.config_maps}
+    if strategy.custom is not None:
+        secrets |= {mount.name for mount in strategy.custom.secrets}
+    for volume in strategy.docker.volumes if strategy.docker is not None else ():
+        if volume.source_type is VolumeSourceType.SECRET:
+            secrets.add(volume.source_name)
+        else:
+            config_maps.add(volume.source_name)
+    return tuple(sorted(secrets)), tuple(sorted(config_maps))
+
+
+def git_credential_helper(directory: str) -> str:
+    """A git credential helper (a shell snippet, run by git through sh) that answers with
+    the basic-auth username and password files of the source secret mounted at
+    ``directory``, and with nothing for an ssh-auth secret. Only paths are in it, so the
+    plan (a pod annotation) never holds a credential."""
+    user, password = f"{directory}/{BASIC_USERNAME_FILE}", f"{directory}/{BASIC_PASSWORD_FILE}"
+    return (
+        '!f() { test "$1" = get || return 0; '
+        f"test -f {user} || test -f {password} || return 0; "
+        f"printf 'username=%s\\npassword=%s\\n' \"$(cat {user} 2>/dev/null)\" "
+        f'"$(cat {password} 2>/dev/null)"; }}; f'
+    )
+
+
 def plan_context(build: Build, options: JobOptions) -> PlanContext:
     """The PlanContext for a build pod: the paths the pod spec below mounts."""
     output = build.spec.output
     docker = build.spec.strategy.docker
+    secrets, config_maps = input_names(build)
+    git_secret = bool(build.spec.source.source_secret and build.spec.source.git is not None)
     return PlanContext(
         storage_driver="vfs",
         root=STORAGE_ROOT,
@@ -139,9 +184,12 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         pull_auth_file=(
             f"{PULL_SECRET_DIR}/{AUTH_FILE}" if docker is not None and docker.pull_secret else None
         ),
-        git_ssh_key_file=(
-            f"{SOURCE_SECRET_DIR}/{SSH_KEY_FILE}" if build.spec.source.source_secret else None
-        ),
+        # Both ways: an ssh-auth secret has the key file, a basic-auth one the two files
+        # the helper reads; which keys it has is only known where it is mounted.
+        git_ssh_key_file=f"{SOURCE_SECRET_DIR}/{SSH_KEY_FILE}" if git_secret else None,
+        git_credential_helper=git_credential_helper(SOURCE_SECRET_DIR) if git_secret else None,
+        secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
+        config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
     )
 
 
@@ -220,14 +268,21 @@ def render_job(build: Build, plan: Plan, options: JobOptions) -> dict[str, Any]:
             }
         ]
     node_selector = {**options.node_selector, **build.spec.node_selector}
+    inputs = _input_volumes(build, parts)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {"fsGroup": options.fetch_uid},
-        "initContainers": [_fetch_container(build, options)],
-        "containers": [_build_container(build, options, privileged=privileged)],
-        "volumes": _volumes(build, options),
+        "initContainers": [
+            _fetch_container(build, options, [i.mount for i in inputs if i.in_fetch])
+        ],
+        "containers": [
+            _build_container(
+                build, options, [i.mount for i in inputs if i.in_build], privileged=privileged
+            )
+        ],
+        "volumes": _volumes(build, options) + [i.volume for i in inputs],
     }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
@@ -273,9 +328,60 @@ def _common_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def _fetch_container(build: Build, options: JobOptions) -> dict[str, Any]:
-    mounts = _common_mounts()
-    if build.spec.source.source_secret:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Input:
+    """One Secret/ConfigMap volume of the build's inputs and which containers mount it."""
+
+    volume: dict[str, Any]
+    mount: dict[str, Any]
+    in_fetch: bool
+    in_build: bool
+
+
+def _input_volumes(build: Build, parts: SplitPlan) -> list[_Input]:
+    """A read-only volume per input the plans refer to, mounted only into the container
+    whose plan uses it: copies into the context happen in the init container, RUN-time
+    mounts (buildah --volume, custom builder mounts) in the build container."""
+    fetch_text = json.dumps(parts.fetch.to_dict())
+    build_text = json.dumps(parts.build.to_dict())
+
+    def used(text: str, directory: str) -> bool:
+        quoted = json.dumps(directory)[:-1]  # the opening quote and the path
+        return any(quoted + end in text for end in ('"', ":", "/"))
+
+    secrets, config_maps = input_names(build)
+    found: list[_Input] = []
+    for kind, names, root in (
+        ("secret", secrets, INPUT_SECRETS_DIR),
+        ("configMap", config_maps, INPUT_CONFIG_MAPS_DIR),
+    ):
+        for index, name in enumerate(names):
+            directory = f"{root}/{name}"
+            in_fetch, in_build = used(fetch_text, directory), used(build_text, directory)
+            if not (in_fetch or in_build):
+                continue
+            volume_name = f"input-{kind.lower()}-{index}"
+            source = (
+                {"secretName": name, "defaultMode": INPUT_MODE}
+                if kind == "secret"
+                else {"name": name, "defaultMode": INPUT_MODE}
+            )
+            found.append(
+                _Input(
+                    volume={"name": volume_name, kind: source},
+                    mount={"name": volume_name, "mountPath": directory, "readOnly": True},
+                    in_fetch=in_fetch,
+                    in_build=in_build,
+                )
+            )
+    return found
+
+
+def _fetch_container(
+    build: Build, options: JobOptions, input_mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    mounts = _common_mounts() + input_mounts
+    if build.spec.source.source_secret and build.spec.source.git is not None:
         mounts.append({"name": "source-secret", "mountPath": SOURCE_SECRET_DIR, "readOnly": True})
     return {
         "name": FETCH_CONTAINER,
@@ -299,13 +405,15 @@ def _fetch_container(build: Build, options: JobOptions) -> dict[str, Any]:
     }
 
 
-def _build_container(build: Build, options: JobOptions, *, privileged: bool) -> dict[str, Any]:
+def _build_container(
+    build: Build, options: JobOptions, input_mounts: list[dict[str, Any]], *, privileged: bool
+) -> dict[str, Any]:
     env = [
         {"name": "HOME", "value": POD_TMP},
         {"name": "BUILDAH_ISOLATION", "value": "chroot"},
         {"name": "STORAGE_DRIVER", "value": "vfs"},
     ]
-    mounts = [*_common_mounts(), {"name": "storage", "mountPath": STORAGE_MOUNT}]
+    mounts = [*_common_mounts(), {"name": "storage", "mountPath": STORAGE_MOUNT}, *input_mounts]
     if build.spec.output.push_secret:
         env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{PUSH_SECRET_DIR}/{AUTH_FILE}"})
         mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
@@ -385,15 +493,16 @@ def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
     docker = build.spec.strategy.docker
     if docker is not None and docker.pull_secret:
         volumes.append(docker_secret("pull-secret", docker.pull_secret))
-    if build.spec.source.source_secret:
+    if build.spec.source.source_secret and build.spec.source.git is not None:
         volumes.append(
             {
                 "name": "source-secret",
                 "secret": {
+                    # Every key: ssh-privatekey for ssh-auth, username/password for
+                    # basic-auth (an items list naming a missing key keeps the pod from
+                    # starting). Group-readable: the init user reads it as the fsGroup.
                     "secretName": build.spec.source.source_secret,
-                    "items": [{"key": SSH_KEY_FILE, "path": SSH_KEY_FILE}],
-                    # group-readable: the init container reads it as fsGroup, not as owner
-                    "defaultMode": 0o440,
+                    "defaultMode": SOURCE_SECRET_MODE,
                 },
             }
         )

@@ -344,8 +344,11 @@ class ExtractArchive:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CopyInto:
-    """Copy the regular files of the directory ``source`` (a workspace path the executor
-    filled: a secret's or config map's keys) into ``destination`` inside the workspace."""
+    """Copy the regular files of the directory ``source`` (a secret's or config map's
+    keys) into ``destination`` inside the workspace. ``source`` is a workspace path the
+    executor filled (host) or an absolute path where the executor mounted the volume (a
+    Job's Secret/ConfigMap volume: its keys are symlinks into the volume, followed only
+    while they stay inside it)."""
 
     source: str
     destination: str
