@@ -308,6 +308,15 @@ def output_key(config: buildconfigs.BuildConfig) -> str | None:
         return None
 
 
+def could_close_cycle(candidate: buildconfigs.BuildConfig) -> bool:
+    """Whether ``candidate`` has both an edge in (an unpaused watched image) and an edge
+    out (an output someone could watch): without both no cycle can pass through it, and
+    the other configs need not be read at all (most configs have no ImageChange trigger)."""
+    return output_key(candidate) is not None and any(
+        not watched.paused for watched in watched_images(candidate)
+    )
+
+
 def find_cycle(
     configs: Iterable[buildconfigs.BuildConfig], candidate: buildconfigs.BuildConfig
 ) -> list[str] | None:
@@ -316,6 +325,8 @@ def find_cycle(
     An edge A → B means A's output is an image B's (unpaused) ImageChange trigger watches,
     so every build of A starts one of B. ``candidate`` replaces a stored config of its name.
     """
+    if not could_close_cycle(candidate):
+        return None
     ident = (candidate.namespace, candidate.name)
     graph_configs = {(c.namespace, c.name): c for c in configs}
     graph_configs[ident] = candidate

@@ -242,7 +242,7 @@ class ImageChangeRuntime:
     async def check_buildconfig(self, config: buildconfigs.BuildConfig) -> None:
         """Refuse (Invalid, 422) bad ImageChange triggers and build chains that loop."""
         errors = imagechange.check_triggers(config)
-        if not errors:
+        if not errors and imagechange.could_close_cycle(config):
             cycle = imagechange.find_cycle(await self.engine.store.list_buildconfigs(), config)
             if cycle:
                 errors.append(

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.factories import buildconfig_doc
 from tests.fakes import FakeExecutor
 from tests.support.processes import async_wait_for
 from triggerd.engine import Engine
+from triggerd.errors import Invalid
 from triggerd.logs import LogStore
 from triggerd.model.builds import Phase
 from triggerd.model.requests import BuildRequest
@@ -152,3 +154,37 @@ async def test_cancel_of_queued_build_and_delete_of_config(make_engine: EngineFa
     await engine.delete_buildconfig(NS, "d")
     assert (NS, "d-1") in executor.cancel_calls
     assert await names(engine, "d") == []
+
+
+async def test_config_files_apply_concurrently_last_document_wins_and_errors_name_the_first(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    engine, _ = await make_engine()
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    many = [buildconfig_doc(f"c{i}") for i in range(150)]
+    # The same config twice: applied in file order, so the second document is what stays.
+    first = buildconfig_doc("twice", uri="https://git.example.com/team/first.git")
+    second = buildconfig_doc("twice", uri="https://git.example.com/team/second.git")
+    (folder / "a.yaml").write_text(yaml.safe_dump_all([*many, first]))
+    (folder / "b.yaml").write_text(yaml.safe_dump_all([second]))
+    results = await engine.load_buildconfig_files([folder])
+    assert len(results) == 152
+    assert results[:2] == [f"{NS}/c0 created", f"{NS}/c1 created"]
+    assert results[-2:] == [f"{NS}/twice created", f"{NS}/twice configured"]
+    twice = await engine.store.get_buildconfig(NS, "twice")
+    assert twice.spec.source.git is not None
+    assert twice.spec.source.git.uri.endswith("/second.git")
+    assert len(await engine.store.list_buildconfigs()) == 151
+
+    # A bad document: every other config is still applied, and the error raised is the
+    # first bad one in file order, with its field path.
+    bad = buildconfig_doc("bad")
+    bad["spec"]["runPolicy"] = "Sometimes"
+    worse = buildconfig_doc("worse")
+    worse["spec"]["runPolicy"] = "Never"
+    (folder / "c.yaml").write_text(yaml.safe_dump_all([bad, buildconfig_doc("late"), worse]))
+    with pytest.raises(Invalid) as info:
+        await engine.load_buildconfig_files([folder])
+    assert "bad" in str(info.value) and "spec.runPolicy" in str(info.value)
+    assert (await engine.store.get_buildconfig(NS, "late")).name == "late"

@@ -250,3 +250,26 @@ def test_paused_triggers_do_not_make_cycles() -> None:
         triggers=[{"type": "ImageChange", "imageChange": {"paused": True}}],
     )
     assert imagechange.find_cycle([app], base) is None
+
+
+def test_only_configs_with_an_edge_in_and_out_can_close_a_cycle() -> None:
+    chained = image_config("app", base=istag("base:latest"), output=istag("app:latest"))
+    assert imagechange.could_close_cycle(chained)
+    # No ImageChange trigger: nothing ever starts it from an image, so no cycle through it.
+    webhook_only = image_config(
+        "hooked",
+        base=istag("app:latest"),
+        output=istag("hooked:latest"),
+        triggers=[{"type": "Generic", "generic": {"secret": "s"}}],
+    )
+    assert not imagechange.could_close_cycle(webhook_only)
+    paused = image_config(
+        "paused",
+        base=istag("app:latest"),
+        output=istag("paused:latest"),
+        triggers=[{"type": "ImageChange", "imageChange": {"paused": True}}],
+    )
+    assert not imagechange.could_close_cycle(paused)
+    # Even a config whose trigger watches its own output is found without other configs.
+    selfish = image_config("self", base=istag("self:latest"), output=istag("self:latest"))
+    assert imagechange.could_close_cycle(selfish)
