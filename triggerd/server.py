@@ -1,9 +1,9 @@
 """The composition root of ``triggerd serve``: builds every component and runs the server.
 
 From :class:`triggerd.settings.Settings` it makes the SQLite store
-(``<dataDir>/triggerd.db``), the log store (``<dataDir>/logs``), the local executor
-(workspaces in ``<dataDir>/workspaces``), the engine and the web application (REST API and
-webhook routes), then serves on ``settings.listen``. SIGHUP re-applies the BuildConfig
+(``<dataDir>/triggerd.db``), the log store (``logsDir``, default ``<dataDir>/logs``), the
+local executor (workspaces in ``<dataDir>/workspaces``), the engine and the web application
+(REST API and webhook routes), then serves on ``settings.listen``. SIGHUP re-applies the BuildConfig
 files (a bad file is logged and the configs already loaded stay); SIGTERM/SIGINT stop
 accepting connections, let in-flight requests finish and stop the engine. When no API
 token is configured it generates one, keeps it in ``<dataDir>/api-token`` (mode 0600) and
@@ -89,7 +89,7 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     tokens = settings.api_tokens or (ensure_api_token(data_dir),)
-    logs = LogStore(data_dir / "logs")
+    logs = LogStore(settings.logs_dir or data_dir / "logs")
     kube_client: Any = None
     if "kubernetes" in (settings.store, settings.executor):
         from triggerd import kube
@@ -154,6 +154,12 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         ],
     )
     app[registry_hooks.IMAGE_CHANGE] = image_change
+    if settings.executor == "kubernetes":
+        from triggerd.executors.kubernetes import PodLogs
+        from triggerd.web import api
+
+        # A replica that did not run a build reads its log from the pod (see docs).
+        app[api.POD_LOGS] = PodLogs(kube_client, settings.kubernetes)
 
     async def start_image_change(_app: web.Application) -> None:
         await image_change.start()  # after the engine (make_app's startup hook runs first)

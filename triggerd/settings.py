@@ -70,6 +70,9 @@ class BuildahSettings:
 class Settings:
     listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("data")
+    #: where build logs are kept (default ``<dataDir>/logs``); a ReadWriteMany volume shared
+    #: by every replica lets any of them serve a log after the build pod is gone
+    logs_dir: Path | None = None
     build_configs: tuple[Path, ...] = ()
     api_tokens: tuple[str, ...] = ()
     max_concurrent_builds: int = 2
@@ -114,6 +117,7 @@ class Settings:
 _SCALARS: Mapping[str, str] = {
     "listen": "str",
     "dataDir": "path",
+    "logsDir": "path",
     "buildConfigs": "paths",
     "apiTokens": "strs",
     "maxConcurrentBuilds": "posint",

@@ -36,7 +36,7 @@ class Node:
             data_dir=tmp / name, executor="kubernetes", store="kubernetes",
             kubernetes=kube_settings,
         )  # fmt: skip
-        logs = LogStore(tmp / name / "logs")
+        logs = self.logs = LogStore(tmp / name / "logs")
         self.store = KubernetesStore(self.kube, NAMESPACE)
         self.elector = LeaderElector(
             self.kube, namespace=NAMESPACE, name="triggerd-leader", identity=name,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -515,3 +515,136 @@ def _completed(job: dict[str, Any]) -> bool:
         c.get("type") == "Complete" and c.get("status") == "True"
         for c in (job.get("status") or {}).get("conditions") or []
     )
+
+
+class PodLogs:
+    """A build's log read from its pod through the API server: the fallback of a replica
+    whose log store does not hold the log (another replica ran the build).
+
+    The log is the init container's followed by the build container's, as the executor
+    streams them into its store (without the executor's own closing lines). Available
+    only while the pod exists; None when there is none.
+    """
+
+    def __init__(
+        self, kube: Kube, settings: KubernetesSettings, *, watch_seconds: int = 30
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        #: a pod watch is renewed this often while waiting for a container to start
+        self.watch_seconds = watch_seconds
+
+    @property
+    def pods_path(self) -> str:
+        return path_for("v1", "pods", self.settings.namespace)
+
+    async def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The build's newest pod (a disrupted first pod is replaced by the Job)."""
+        selector = f"{jobs.JOB_LABEL}={jobs.name_job(namespace, name)}"
+        try:
+            listed = await self.kube.list(self.pods_path, label_selector=selector)
+        except KubeError as e:
+            log.warning("cannot list the pods of build %s/%s: %s", namespace, name, e.status)
+            return None
+        pods = [p for p in listed.get("items") or [] if isinstance(p, dict)]
+        if not pods:
+            return None
+        return max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")))
+
+    async def read(self, namespace: str, name: str) -> bytes | None:
+        """Both containers' logs so far, or None when the build has no pod."""
+        pod = await self._pod(namespace, name)
+        if pod is None:
+            return None
+        pod_name = str(pod["metadata"]["name"])
+        data = b""
+        for container in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER):
+            try:
+                async for chunk in self.kube.stream(
+                    self._log_path(pod_name), {"container": container}
+                ):
+                    data += chunk
+            except KubeError as e:
+                if e.status == 400:
+                    break  # waiting to start: nothing of it (or of later containers) yet
+                if e.not_found:
+                    return data or None  # gone in between
+                log.warning("cannot read the %s log of %s: %s", container, pod_name, e.status)
+                break
+        return data
+
+    async def follow(self, namespace: str, name: str) -> AsyncIterator[bytes]:
+        """Both containers' logs from their start, following each while it runs; ends when
+        the build container's log ends or the pod is gone."""
+        pod = await self._pod(namespace, name)
+        if pod is None:
+            return
+        pod_name = str(pod["metadata"]["name"])
+        resource_version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
+        for container in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER):
+            while True:
+                view = jobs.read_pod(pod, image="", deadline_seconds=0)
+                ready = (
+                    view.fetch_log_ready
+                    if container == jobs.FETCH_CONTAINER
+                    else view.build_log_ready
+                )
+                if ready:
+                    break
+                if view.outcome is not None or (pod.get("status") or {}).get("phase") in (
+                    "Succeeded",
+                    "Failed",
+                ):
+                    return  # ended without this container running
+                changed = await self._next_version(namespace, name, pod_name, resource_version)
+                if changed is None:
+                    return
+                pod, resource_version = changed
+            try:
+                async for chunk in self.kube.stream(
+                    self._log_path(pod_name), {"container": container, "follow": "true"}
+                ):
+                    yield chunk
+            except KubeError as e:
+                if e.not_found:
+                    return
+                log.warning("cannot follow the %s log of %s: %s", container, pod_name, e.status)
+                return
+
+    async def _next_version(
+        self, namespace: str, name: str, pod_name: str, resource_version: str
+    ) -> tuple[dict[str, Any], str] | None:
+        """The pod after its next change (a watch of the Job's pods from
+        ``resource_version``), or None when it is gone."""
+        selector = f"{jobs.JOB_LABEL}={jobs.name_job(namespace, name)}"
+        while True:
+            try:
+                async for kind, obj in self.kube.watch(
+                    self.pods_path,
+                    resource_version=resource_version,
+                    label_selector=selector,
+                    timeout_seconds=self.watch_seconds,
+                ):
+                    version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                    resource_version = version or resource_version
+                    if (obj.get("metadata") or {}).get("name") != pod_name:
+                        continue  # a bookmark, or a replacement pod: not the one followed
+                    if kind == "DELETED":
+                        return None
+                    if kind in ("ADDED", "MODIFIED"):
+                        return obj, version
+            except WatchExpired:
+                pass  # read the pod afresh below
+            except KubeError as e:
+                log.warning("watching pod %s failed: %s", pod_name, e.status)
+                return None
+            try:
+                pod = await self.kube.get(path_for("v1", "pods", self.settings.namespace, pod_name))
+            except KubeError:
+                return None
+            version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
+            if version != resource_version:
+                return pod, version
+
+    def _log_path(self, pod_name: str) -> str:
+        return path_for("v1", "pods", self.settings.namespace, pod_name) + "/log"

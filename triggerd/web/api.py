@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from aiohttp import web
@@ -403,6 +403,19 @@ async def delete_build(request: web.Request) -> web.Response:
 
 
 # Logs ---------------------------------------------------------------------------------------
+class PodLogSource(Protocol):
+    """Where a replica whose log store lacks a build's log reads it: the build pod's
+    container logs through the API server (Kubernetes executor), while the pod exists."""
+
+    async def read(self, namespace: str, name: str) -> bytes | None: ...
+
+    def follow(self, namespace: str, name: str) -> AsyncIterator[bytes]: ...
+
+
+#: Set by the composition root when builds run as Jobs; absent otherwise.
+POD_LOGS: web.AppKey[PodLogSource] = web.AppKey("triggerd.pod_logs")
+
+
 async def get_log(request: web.Request) -> web.StreamResponse:
     """The build's log as text; follow=true streams it until the build finishes."""
     namespace = namespace_of(request)
@@ -412,12 +425,16 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     parse_bool(request, "previous")  # accepted: a build has exactly one attempt
     engine = request.app[ENGINE]
     logs = request.app[LOGS]
+    pods = request.app.get(POD_LOGS)
     build = await engine.store.get_build(namespace, name)
     if not follow:
         try:
             data = logs.read(namespace, name, tail_lines)
         except errors.NotFound:
-            data = b""  # not started yet (or ended before it wrote a line): nothing to show
+            # Not started yet (or ended before it wrote a line), or another replica ran it:
+            # then its pod, while it exists, has the log.
+            remote = await pods.read(namespace, name) if pods is not None else None
+            data = _tail(remote or b"", tail_lines)
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     response.enable_chunked_encoding()
@@ -431,7 +448,9 @@ async def get_log(request: web.Request) -> web.StreamResponse:
         return stopping.is_set() or transport is None or transport.is_closing()
 
     try:
-        await _stream_log(engine, logs, build, tail_lines, response.write, stopping, ended)
+        await _stream_log(
+            engine, logs, build, tail_lines, response.write, stopping, ended, pods=pods
+        )
     except ConnectionResetError:
         return response  # the client left
     except errors.NotFound:
@@ -452,10 +471,17 @@ async def _stream_log(
     write: Callable[[bytes], Awaitable[None]],
     stopping: asyncio.Event,
     ended: Callable[[], bool],
+    *,
+    pods: PodLogSource | None = None,
 ) -> None:
     namespace, name = build.namespace, build.name
     # A queued build has no log yet: wait until it exists or the build ends without one.
     while not logs.exists(namespace, name):
+        snapshot = await pods.read(namespace, name) if pods is not None else None
+        if pods is not None and snapshot is not None:
+            # Another replica runs (or ran) it: follow its pod instead.
+            await _stream_pod_log(engine, pods, build, snapshot, tail_lines, write, stopping, ended)
+            return
         if build.phase.terminal or ended():
             return
         await _wait_for_change(engine, stopping)
@@ -476,6 +502,34 @@ async def _stream_log(
             await finished
     # The build is over (or the follow ended): whatever reached the file since is the end.
     rest = logs.read(namespace, name, None)[sent:] if logs.exists(namespace, name) else b""
+    if rest:
+        await write(rest)
+
+
+async def _stream_pod_log(
+    engine: Engine,
+    pods: PodLogSource,
+    build: Build,
+    snapshot: bytes,
+    tail_lines: int | None,
+    write: Callable[[bytes], Awaitable[None]],
+    stopping: asyncio.Event,
+    ended: Callable[[], bool],
+) -> None:
+    """As the log-store follow: the snapshot's tail, then what the pod's follow adds beyond
+    it (the pod log restarts from its beginning, so the offset lines them up)."""
+    namespace, name = build.namespace, build.name
+    await write(_tail(snapshot, tail_lines))
+    sent = len(snapshot)
+    finished = asyncio.ensure_future(_until_finished(engine, namespace, name, stopping, ended))
+    try:
+        sent = await _copy_new(pods.follow(namespace, name), sent, write, finished)
+        await finished
+    finally:
+        finished.cancel()
+        with contextlib.suppress(asyncio.CancelledError, errors.TriggerdError):
+            await finished
+    rest = (await pods.read(namespace, name) or b"")[sent:]
     if rest:
         await write(rest)
 
