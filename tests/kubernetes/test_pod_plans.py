@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.executors.test_runner import kubelet_volume
 from tests.support.gitrepo import GitRepoFactory
 from tests.support.registry import Registry
 from triggerd.executors.base import Failed, Succeeded
@@ -130,3 +131,69 @@ def test_the_jobs_plans_build_and_push(
     else:
         assert isinstance(view.outcome, Failed)
         assert view.outcome.reason is builds.Reason.DOCKER_BUILD_FAILED
+
+
+def test_the_jobs_plans_use_mounted_secrets_and_config_maps(
+    tmp_path: Path,
+    storage: Path,
+    registry: Registry,
+    base_image: str,
+    git_repo_factory: GitRepoFactory,
+) -> None:
+    """source.secrets copied into the context by the init plan, a dockerStrategy volume
+    mounted into RUN by the build plan — from volumes laid out as the kubelet writes them,
+    at the Job's mount points moved under tmp_path (as the storage paths are)."""
+    dockerfile = (
+        f"FROM {base_image}\nCOPY creds/token /token\n"
+        'RUN test "$(cat /etc/extra/ca.pem)" = pem-data && test "$(cat /token)" = t0ken\n'
+    )
+    repo = git_repo_factory(name="k8s-inputs", files={"Dockerfile": dockerfile})
+    image = registry.ref("k8s-pod-inputs", "latest")
+    build = builds.from_dict(
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": "inputs-1", "namespace": "triggerd", "uid": "u2"},
+            "spec": {
+                "source": {
+                    "type": "Git",
+                    "git": {"uri": repo.git_url, "ref": "main"},
+                    "secrets": [{"secret": {"name": "npm"}, "destinationDir": "creds"}],
+                },
+                "strategy": {"type": "Docker", "dockerStrategy": {"volumes": [
+                    {"name": "ca", "source": {"type": "ConfigMap", "configMap": {"name": "ca"}},
+                     "mounts": [{"destinationPath": "/etc/extra"}]},
+                ]}},
+                "output": {"to": {"kind": "DockerImage", "name": image}},
+            },
+        }
+    )  # fmt: skip
+    options = jobs.JobOptions(
+        namespace="triggerd", image="unused", insecure_registries=frozenset({registry.host})
+    )
+    ctx = dataclasses.replace(
+        jobs.plan_context(build, options),
+        root=str(storage / "storage"),
+        runroot=str(storage / "run"),
+    )
+    job = jobs.render_job(build, buildah.render(build, ctx), options)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    mounts = tmp_path / "mounts"
+    kubelet_volume(mounts / "secrets" / "npm", {"token": "t0ken"})
+    kubelet_volume(mounts / "configmaps" / "ca", {"ca.pem": "pem-data"})
+
+    def relocated(plan_json: str) -> str:
+        return plan_json.replace(jobs.INPUT_SECRETS_DIR, str(mounts / "secrets")).replace(
+            jobs.INPUT_CONFIG_MAPS_DIR, str(mounts / "configmaps")
+        )
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    fetch_result, build_result = tmp_path / "fetch-termination", tmp_path / "build-termination"
+    fetch_exit = run_plan(relocated(annotations[jobs.FETCH_PLAN_ANNOTATION]), tmp_path,
+                          "fetch.json", workspace, fetch_result)  # fmt: skip
+    assert fetch_exit == 0, fetch_result.read_text()
+    assert (workspace / "source" / "creds" / "token").read_text() == "t0ken"
+    build_exit = run_plan(relocated(annotations[jobs.BUILD_PLAN_ANNOTATION]), tmp_path,
+                          "build.json", workspace, build_result)  # fmt: skip
+    assert build_exit == 0, build_result.read_text()
