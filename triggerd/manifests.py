@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from triggerd.errors import MalformedPayload
 
 SUFFIXES = (".yaml", ".yml", ".json")
+
+
+#: libyaml's safe loader when PyYAML was built with it (Debian's and PyPI's wheels are):
+#: 0.19 ms against 1.6 ms per BuildConfig document, which made loading 10,000 configs from a
+#: file take 24 s. Same safe subset of YAML; only error wording differs.
+_SAFE_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def files_under(paths: Iterable[Path]) -> list[Path]:
@@ -34,7 +40,7 @@ def files_under(paths: Iterable[Path]) -> list[Path]:
 def parse_documents(text: str, source: str) -> list[dict[str, Any]]:
     """The mappings in ``text`` (YAML or JSON), with Lists unrolled."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))
     except yaml.YAMLError as e:
         raise MalformedPayload(f"{source}: not valid YAML or JSON: {e}") from e
     return list(_unroll(docs, source))
