@@ -315,7 +315,14 @@ def test_basic_auth_source_secret_is_mounted_whole_for_the_credential_helper() -
         s.action.env for s in plan.steps
         if isinstance(s.action, Command) and "fetch" in s.action.argv
     )  # fmt: skip
-    assert fetch_env["GIT_CONFIG_VALUE_1"] == jobs.git_credential_helper(jobs.SOURCE_SECRET_DIR)
+    count = int(str(fetch_env["GIT_CONFIG_COUNT"]))
+    helpers = [
+        fetch_env[f"GIT_CONFIG_VALUE_{i}"]
+        for i in range(count)
+        if fetch_env[f"GIT_CONFIG_KEY_{i}"] == "credential.helper"
+    ]
+    # The empty helper first drops any the host configures; then the mounted secret's.
+    assert helpers == ["", jobs.git_credential_helper(jobs.SOURCE_SECRET_DIR)]
     assert jobs.SOURCE_SECRET_DIR in str(fetch_env["GIT_SSH_COMMAND"])
 
 

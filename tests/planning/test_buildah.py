@@ -314,7 +314,15 @@ def test_render(spec_doc: dict[str, Any], ctx: buildah.PlanContext, expected: li
 def test_commands_run_with_their_environment() -> None:
     plan = buildah.render(make_build(spec()), CTX)
     git_env = plan.commands()[0].env
-    assert git_env == {"GIT_TERMINAL_PROMPT": "0"}
+    # No prompts, and no `git maintenance` after the fetch of a checkout used once.
+    assert git_env == {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "maintenance.auto",
+        "GIT_CONFIG_VALUE_0": "false",
+        "GIT_CONFIG_KEY_1": "gc.auto",
+        "GIT_CONFIG_VALUE_1": "0",
+    }
     buildah_cmd = plan.commands()[-1]
     assert {k: resolve(v, WS, {}) for k, v in buildah_cmd.env.items()} == {
         "CONTAINERS_REGISTRIES_CONF": "/ws/registries.conf",

@@ -521,18 +521,17 @@ def git_commands(build: Build, ctx: PlanContext) -> list[Command]:
     target = (revision.commit if revision and revision.commit else "") or git_source.ref or "HEAD"
     checkout = InWorkspace(path=SOURCE_DIR)
     env: dict[str, Arg] = {"GIT_TERMINAL_PROMPT": "0"}
+    # Configuration through the environment, not .git/config: the checkout is the build
+    # context. A checkout used once needs no housekeeping: `git fetch` otherwise runs
+    # `git maintenance run --auto` afterwards, 9 of its 25 ms on a small repository.
+    config: list[tuple[str, str]] = [("maintenance.auto", "false"), ("gc.auto", "0")]
     if ctx.git_credential_helper:
-        # Through the environment, not .git/config: the checkout is the build context.
         # The empty helper first drops any helper configured on the host.
-        env.update(
-            {
-                "GIT_CONFIG_COUNT": "2",
-                "GIT_CONFIG_KEY_0": "credential.helper",
-                "GIT_CONFIG_VALUE_0": "",
-                "GIT_CONFIG_KEY_1": "credential.helper",
-                "GIT_CONFIG_VALUE_1": ctx.git_credential_helper,
-            }
-        )
+        config += [("credential.helper", ""), ("credential.helper", ctx.git_credential_helper)]
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for index, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
     if ctx.git_ssh_key_file:
         env["GIT_SSH_COMMAND"] = (
             f"ssh -i {shlex.quote(ctx.git_ssh_key_file)} -o IdentitiesOnly=yes "
