@@ -486,24 +486,22 @@ async def _stream_log(
             return
         await _wait_for_change(engine, stopping)
         build = await engine.store.get_build(namespace, name)
+
+    async def read_all() -> bytes:
+        return logs.read(namespace, name, None) if logs.exists(namespace, name) else b""
+
     # Take one snapshot so the tail and the followed remainder neither overlap nor leave a gap.
-    snapshot = logs.read(namespace, name, None)
-    await write(_tail(snapshot, tail_lines))
-    sent = len(snapshot)  # bytes of the log (counted from its start) already accounted for
-    finished = asyncio.ensure_future(_until_finished(engine, namespace, name, stopping, ended))
-    try:
-        sent = await _copy_new(logs.follow(namespace, name), sent, write, finished)
-        # The executor closes the log a moment before the final phase is stored; a client
-        # reading the build right after the stream ends must find it finished.
-        await finished
-    finally:
-        finished.cancel()
-        with contextlib.suppress(asyncio.CancelledError, errors.TriggerdError):
-            await finished
-    # The build is over (or the follow ended): whatever reached the file since is the end.
-    rest = logs.read(namespace, name, None)[sent:] if logs.exists(namespace, name) else b""
-    if rest:
-        await write(rest)
+    await _follow_log(
+        engine,
+        build,
+        logs.read(namespace, name, None),
+        logs.follow(namespace, name),
+        read_all,
+        tail_lines,
+        write,
+        stopping,
+        ended,
+    )
 
 
 async def _stream_pod_log(
@@ -516,20 +514,54 @@ async def _stream_pod_log(
     stopping: asyncio.Event,
     ended: Callable[[], bool],
 ) -> None:
-    """As the log-store follow: the snapshot's tail, then what the pod's follow adds beyond
-    it (the pod log restarts from its beginning, so the offset lines them up)."""
-    namespace, name = build.namespace, build.name
+    """As the log-store follow, from the pod (its log restarts from the beginning on each
+    follow, so the offset lines it up with the snapshot)."""
+
+    async def read_all() -> bytes:
+        return await pods.read(build.namespace, build.name) or b""
+
+    await _follow_log(
+        engine,
+        build,
+        snapshot,
+        pods.follow(build.namespace, build.name),
+        read_all,
+        tail_lines,
+        write,
+        stopping,
+        ended,
+    )
+
+
+async def _follow_log(
+    engine: Engine,
+    build: Build,
+    snapshot: bytes,
+    chunks: AsyncIterator[bytes],
+    read_all: Callable[[], Awaitable[bytes]],
+    tail_lines: int | None,
+    write: Callable[[bytes], Awaitable[None]],
+    stopping: asyncio.Event,
+    ended: Callable[[], bool],
+) -> None:
+    """The snapshot's tail, then what ``chunks`` (a follow from the log's start) adds
+    beyond it until the build finishes, then whatever the log gained meanwhile."""
     await write(_tail(snapshot, tail_lines))
-    sent = len(snapshot)
-    finished = asyncio.ensure_future(_until_finished(engine, namespace, name, stopping, ended))
+    sent = len(snapshot)  # bytes of the log (counted from its start) already accounted for
+    finished = asyncio.ensure_future(
+        _until_finished(engine, build.namespace, build.name, stopping, ended)
+    )
     try:
-        sent = await _copy_new(pods.follow(namespace, name), sent, write, finished)
+        sent = await _copy_new(chunks, sent, write, finished)
+        # The executor closes the log a moment before the final phase is stored; a client
+        # reading the build right after the stream ends must find it finished.
         await finished
     finally:
         finished.cancel()
         with contextlib.suppress(asyncio.CancelledError, errors.TriggerdError):
             await finished
-    rest = (await pods.read(namespace, name) or b"")[sent:]
+    # The build is over (or the follow ended): whatever reached the log since is the end.
+    rest = (await read_all())[sent:]
     if rest:
         await write(rest)
 
