@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from tests.fakes import FakeExecutor
 from triggerd.engine import Engine
 from triggerd.intake import signatures
 from triggerd.logs import LogStore
+from triggerd.server import settle_heap
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
@@ -290,12 +292,14 @@ async def round_triggerd(
     runner = await serve(app, port)  # starts the engine
     try:
         await engine.create_buildconfig(buildconfig())
+        settle_heap()  # as `triggerd serve` does once started
         result = await run_wrk(
             f"http://{HOST}:{port}", "/hooks/github", body, signature, conns, secs
         )
         stored = len((await engine.store.list_builds(BuildQuery())).builds)
     finally:
         await runner.cleanup()
+        gc.unfreeze()  # this round's heap is garbage now
     return result, stored
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import statistics
@@ -52,6 +53,7 @@ from tests.fakes import FakeExecutor
 from triggerd.engine import Engine
 from triggerd.intake import signatures
 from triggerd.logs import LogStore
+from triggerd.server import settle_heap
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
@@ -147,6 +149,7 @@ async def round_intake(
     started = time.perf_counter()
     runner = await serve(app, port)  # starts the engine: loads every config into the index
     start_seconds = time.perf_counter() - started
+    settle_heap()  # as `triggerd serve` does once started
     try:
         result = await run_wrk(
             f"http://{HOST}:{port}", "/hooks/github", body, signature, CONNECTIONS, seconds
@@ -154,6 +157,7 @@ async def round_intake(
         stored = len((await engine.store.list_builds(BuildQuery())).builds)
     finally:
         await runner.cleanup()
+        gc.unfreeze()  # this round's heap is garbage now; the next round settles its own
     shutil.rmtree(data_dir, ignore_errors=True)
     return result, stored, start_seconds
 
