@@ -10,6 +10,7 @@ every refusal carries a reason the webhook answer reports (triggerd is never sil
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,10 @@ CAUSES: Mapping[TriggerType, tuple[str, str]] = {
 }
 
 
+# Every delivery normalises the four URLs GitHub sends for one repository (clone, html, ssh,
+# git) to route it; a busy organisation sends the same few URLs over and over, and urlsplit
+# was 9 % of a delivery's time. The function is pure, so a bounded memo is exact.
+@functools.lru_cache(maxsize=4096)
 def normalize_repo_url(url: str) -> str | None:
     """``host[:port]/path`` without scheme, user, default port or ``.git``; None if no URL."""
     text = url.strip()

@@ -16,6 +16,7 @@ from types import MappingProxyType, ModuleType
 
 from triggerd.events import Event, Provider
 from triggerd.intake import bitbucket, generic, github, gitlab
+from triggerd.intake._payload import lower_keys as lower_keys
 
 ParseAll = Callable[[Mapping[str, str], bytes, str], tuple[Event, ...]]
 ParseOne = Callable[[Mapping[str, str], bytes, str], Event]

@@ -36,9 +36,18 @@ def shown(value: str) -> str:
     return repr(value)
 
 
-def lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
-    """HTTP header names are case-insensitive; the parsers look them up lowercased."""
-    return {str(name).lower(): value for name, value in headers.items()}
+class LoweredHeaders(dict[str, str]):
+    """Headers whose names are already lowercased (what :func:`lower_keys` returns)."""
+
+
+def lower_keys(headers: Mapping[str, str]) -> LoweredHeaders:
+    """HTTP header names are case-insensitive; the parsers look them up lowercased.
+
+    Headers lowered once (a :class:`LoweredHeaders`) come back as they are, so a caller
+    that lowers a delivery's headers once saves each parser doing it again."""
+    if isinstance(headers, LoweredHeaders):
+        return headers
+    return LoweredHeaders({str(name).lower(): value for name, value in headers.items()})
 
 
 def header(headers: Mapping[str, str], *names: str) -> str | None:

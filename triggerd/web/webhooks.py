@@ -47,6 +47,8 @@ SECRET_QUERY: Final = "secret"  # noqa: S105 - a parameter name, not a secret
 #: Bodies above this are parsed and hashed off the event loop, which must keep serving.
 _OFFLOAD_BYTES: Final = 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
+#: Request-scoped storage key of the lowered headers (see _headers).
+_LOWERED_HEADERS: Final = "triggerd.lowered_headers"
 _SHOWN_ID_CHARS: Final = 80
 #: How many per-config refusals one log line lists (an org ping may try every config).
 _LOGGED_REFUSALS: Final = 5
@@ -90,6 +92,15 @@ class _Plan:
 
 
 # Reading and verifying -----------------------------------------------------------------------
+def _headers(request: web.Request) -> Mapping[str, str]:
+    """The delivery's headers with lowercased names, made once per request: the parsers
+    and verifiers each look headers up lowercased and take these as they are."""
+    lowered: Mapping[str, str] | None = request.get(_LOWERED_HEADERS)
+    if lowered is None:
+        lowered = request[_LOWERED_HEADERS] = intake.lower_keys(request.headers)
+    return lowered
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused past ``limit``: on the declared length before reading anything,
     and while reading for chunked bodies, so an endless stream costs at most ``limit``."""
@@ -124,7 +135,9 @@ def _verify_org(
     query_secret: str | None,
     secret: str | None,
 ) -> str | None:
-    """None when ``secret`` verifies the delivery on the org route, else why not (for logs)."""
+    """None when ``secret`` verifies the delivery on the org route, else why not (for logs).
+
+    ``headers`` have lowercased names (see _headers)."""
     if not secret:
         return "the trigger's secret is not configured"
     try:
@@ -132,12 +145,13 @@ def _verify_org(
             # Required here: without a signature anyone who knows the repo could post.
             signatures.verify_github_headers(body, headers, secret)
         elif provider is Provider.GITLAB:
-            signatures.verify_token(headers.get(signatures.GITLAB_TOKEN_HEADER), secret)
+            token = headers.get(signatures.GITLAB_TOKEN_HEADER.lower())
+            signatures.verify_token(token, secret)
         elif provider is Provider.BITBUCKET:
-            signature = headers.get(signatures.BITBUCKET_SERVER_HEADER)
+            signature = headers.get(signatures.BITBUCKET_SERVER_HEADER.lower())
             if signature is not None:
                 signatures.verify_bitbucket_server(body, signature, secret)
-            elif headers.get(bitbucket.EVENT_HEADER, "").strip() == bitbucket.CLOUD_PUSH:
+            elif headers.get(bitbucket.EVENT_HEADER.lower(), "").strip() == bitbucket.CLOUD_PUSH:
                 signatures.verify_token(query_secret, secret, name="the secret query parameter")
             else:
                 raise errors.BadSignature(f"{signatures.BITBUCKET_SERVER_HEADER} is missing")
@@ -367,7 +381,7 @@ async def _config_delivery(
     hook, secret = match
     _verify_config_route(engine, request, provider, body, hook, secret)
     events = await _maybe_offload(
-        len(body), intake.parse_all, provider, request.headers, body, content_type
+        len(body), intake.parse_all, provider, _headers(request), body, content_type
     )
     plan = _Plan(allowed={(config.namespace, config.name): config})
     _plan_events(plan, events, [(config, [hook])], trigger_type)
@@ -382,7 +396,7 @@ async def _org_delivery(
     trigger_type = matching.PROVIDER_TRIGGERS[provider]
     # The repository is only in the body, so parsing comes before verification here.
     events = await _maybe_offload(
-        len(body), intake.parse_all, provider, request.headers, body, content_type
+        len(body), intake.parse_all, provider, _headers(request), body, content_type
     )
     candidates = await _candidates(engine, provider, events)
     query_secret = request.query.get(SECRET_QUERY)
@@ -400,7 +414,7 @@ async def _org_delivery(
                 why = outcome[secret]
             else:
                 why = await _maybe_offload(
-                    len(body), _verify_org, provider, body, request.headers, query_secret, secret
+                    len(body), _verify_org, provider, body, _headers(request), query_secret, secret
                 )
                 if secret is not None:
                     outcome[secret] = why
@@ -526,7 +540,7 @@ def _shown_id(delivery_id: str | None) -> str:
 async def _serve(request: web.Request, provider: Provider, *, org: bool) -> web.Response:
     engine = request.app[ENGINE]
     route = _route(request)
-    delivery_id = intake.delivery_id(provider, request.headers)
+    delivery_id = intake.delivery_id(provider, _headers(request))
     try:
         body = await _read_body(request, request.app[SETTINGS].max_body_bytes)
         content_type = request.headers.get("Content-Type", "")
