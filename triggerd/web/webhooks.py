@@ -48,7 +48,7 @@ SECRET_QUERY: Final = "secret"  # noqa: S105 - a parameter name, not a secret
 _OFFLOAD_BYTES: Final = 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
 #: Request-scoped storage key of the lowered headers (see _headers).
-_LOWERED_HEADERS: Final = "triggerd.lowered_headers"
+_LOWERED_HEADERS: Final = web.RequestKey[Mapping[str, str]]("triggerd.lowered_headers")
 _SHOWN_ID_CHARS: Final = 80
 #: How many per-config refusals one log line lists (an org ping may try every config).
 _LOGGED_REFUSALS: Final = 5
