@@ -149,7 +149,23 @@ def sample(
     if status != 200:
         raise RuntimeError(f"cancel answered {status}: {reply}")
     server.wait_build(name, lambda b: b["status"]["phase"] in TERMINAL, timeout=60)
+    # Every sample starts from the same quiet state: the executor sweeps the cancelled
+    # build's working container (`buildah rm --all`) once idle, and that I/O, or the page
+    # cache still writing the layers back, would otherwise land in the next sample's
+    # fetch and fsyncs. Neither is part of the path from 2xx to buildah.
+    wait_for(lambda: not buildah_running(), timeout=60, what="buildah sweep", interval=0.01)
+    os.sync()
     return (git if git is not None else float("nan")) - answered, found["buildah"] - answered
+
+
+def buildah_running() -> bool:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "buildah":
+                return True
+        except OSError:
+            continue  # the process ended while we looked
+    return False
 
 
 def kubernetes_latency(samples: int, runs: int) -> None:
