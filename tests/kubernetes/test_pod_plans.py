@@ -63,6 +63,22 @@ def pod_status(fetch_exit: int, fetch_message: str, build_exit: int | None, buil
     return {"status": status}
 
 
+def job_annotations(build: builds.Build, registry: Registry, storage: Path) -> dict[str, str]:
+    """The pod's plan annotations of the Job for ``build``, with buildah storage under
+    ``storage`` (the pod's emptyDir here)."""
+    options = jobs.JobOptions(
+        namespace="triggerd", image="unused", insecure_registries=frozenset({registry.host})
+    )
+    ctx = dataclasses.replace(
+        jobs.plan_context(build, options),
+        root=str(storage / "storage"),
+        runroot=str(storage / "run"),
+    )
+    job = jobs.render_job(build, buildah.render(build, ctx), options)
+    annotations: dict[str, str] = job["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
 @pytest.mark.parametrize("dockerfile_ok", [True, False], ids=["builds", "fails"])
 def test_the_jobs_plans_build_and_push(
     tmp_path: Path,
@@ -89,16 +105,7 @@ def test_the_jobs_plans_build_and_push(
             },
         }
     )
-    options = jobs.JobOptions(
-        namespace="triggerd", image="unused", insecure_registries=frozenset({registry.host})
-    )
-    ctx = dataclasses.replace(
-        jobs.plan_context(build, options),
-        root=str(storage / "storage"),
-        runroot=str(storage / "run"),
-    )
-    job = jobs.render_job(build, buildah.render(build, ctx), options)
-    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    annotations = job_annotations(build, registry, storage)
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     fetch_result, build_result = tmp_path / "fetch-termination", tmp_path / "build-termination"
@@ -168,16 +175,7 @@ def test_the_jobs_plans_use_mounted_secrets_and_config_maps(
             },
         }
     )  # fmt: skip
-    options = jobs.JobOptions(
-        namespace="triggerd", image="unused", insecure_registries=frozenset({registry.host})
-    )
-    ctx = dataclasses.replace(
-        jobs.plan_context(build, options),
-        root=str(storage / "storage"),
-        runroot=str(storage / "run"),
-    )
-    job = jobs.render_job(build, buildah.render(build, ctx), options)
-    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    annotations = job_annotations(build, registry, storage)
     mounts = tmp_path / "mounts"
     kubelet_volume(mounts / "secrets" / "npm", {"token": "t0ken"})
     kubelet_volume(mounts / "configmaps" / "ca", {"ca.pem": "pem-data"})
