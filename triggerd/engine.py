@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,6 +65,14 @@ class LogSink(Protocol):
     def delete(self, namespace: str, name: str) -> None: ...
 
 
+class InputSink(Protocol):
+    """Where binary builds' uploads are kept (triggerd.inputs.BinaryInputs)."""
+
+    def kept(self) -> list[str]: ...
+
+    def release(self, digests: Iterable[str]) -> list[str]: ...
+
+
 class Leadership(Protocol):
     """Leader election (triggerd.leader.LeaderElector): who may schedule and run builds."""
 
@@ -74,6 +82,9 @@ class Leadership(Protocol):
 
 #: BuildConfigs from files applied at once: enough to fill the store's commit groups.
 FILE_APPLY_CONCURRENCY = 64
+
+#: How often the leader forgets old delivery ids and removes uploads no build uses.
+HOUSEKEEPING_SECONDS = 3600.0
 
 #: How often a leader looks for builds another replica created (no in-process wake then).
 SHARED_STORE_POLL_SECONDS = 2.0
@@ -96,8 +107,12 @@ class Engine:
         logs: LogSink,
         clock: Callable[[], datetime] = metas.now,
         leadership: Leadership | None = None,
+        inputs: InputSink | None = None,
     ) -> None:
         self.settings = settings
+        #: None: uploads are never removed (tests, or no binary builds here)
+        self.inputs = inputs
+        self._housekeeping_task: asyncio.Task[None] | None = None
         #: None: this process always leads (one machine). Else only the leader schedules,
         #: runs, recovers and prunes; every replica serves the API and webhooks.
         self.leadership = leadership
@@ -149,15 +164,52 @@ class Engine:
             await self._stop_leading()
 
     async def _lead(self) -> None:
+        # The first pass runs before anything else, so what it sees on disk is settled.
+        await self._housekeep_once()
         self._loop_task = asyncio.create_task(self._schedule_forever(), name="scheduler")
+        self._housekeeping_task = asyncio.create_task(
+            self._housekeep_forever(), name="housekeeping"
+        )
         self.wake()
 
+    async def _housekeep_forever(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            await self._housekeep_once()
+
+    async def _housekeep_once(self) -> None:
+        try:
+            await self.housekeeping()
+        except Exception:
+            # Nothing here is urgent: the next interval tries again.
+            log.exception("housekeeping failed; retrying at the next interval")
+
+    async def housekeeping(self) -> None:
+        """Forget delivery ids older than deliveryRetention (redeliveries after that start
+        builds again, as documented) and remove uploads no stored build names."""
+        retention = timedelta(seconds=self.settings.delivery_retention_seconds)
+        forgotten = await self.store.prune_deliveries(self.clock() - retention)
+        if forgotten:
+            log.info("forgot %d delivery id(s) older than deliveryRetention", forgotten)
+        if self.inputs is not None:
+            kept = await asyncio.to_thread(self.inputs.kept)
+            await self._release_inputs(set(kept))
+
+    async def _release_inputs(self, digests: set[str]) -> None:
+        """Remove the uploads among ``digests`` that no stored build names any more."""
+        if self.inputs is None or not digests:
+            return
+        unused = digests - await self.store.binary_inputs_in_use(digests)
+        if unused:
+            await asyncio.to_thread(self.inputs.release, unused)
+
     async def _stop_leading(self) -> None:
-        task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._loop_task, self._housekeeping_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._loop_task = self._housekeeping_task = None
         running = list(self._running.values())
         for run in running:
             run.cancel()
@@ -202,10 +254,11 @@ class Engine:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for leading in (self._loop_task, self._housekeeping_task):
+            if leading is not None:
+                leading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leading
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
@@ -314,13 +367,14 @@ class Engine:
             with contextlib.suppress(Conflict, NotFound):
                 await self.cancel_build(namespace, build.name)
         everything = stores.BuildQuery(namespace=namespace, config_name=name)
-        doomed = [b.name async for b in self.all_builds(everything)]
+        doomed = [b async for b in self.all_builds(everything)]
         await self.store.delete_buildconfig(namespace, name)
         self.repo_index.remove(namespace, name)
         if self.image_change is not None:
             await self.image_change.config_deleted(namespace, name)
-        for build_name in doomed:
-            self.logs.delete(namespace, build_name)
+        for build in doomed:
+            self.logs.delete(namespace, build.name)
+        await self._release_inputs(_binary_inputs(doomed))
 
     async def load_buildconfig_files(self, paths: Iterable[Path]) -> list[str]:
         """Apply every BuildConfig in these files/folders; returns "<ns>/<name> <result>".
@@ -452,6 +506,7 @@ class Engine:
                 await self.cancel_build(namespace, name)
         await self.store.delete_builds(namespace, [name])
         self.logs.delete(namespace, name)
+        await self._release_inputs(_binary_inputs([build]))
         await self._notify()
         return build
 
@@ -647,6 +702,7 @@ class Engine:
             await self.store.delete_builds(config.namespace, [b.name for b in doomed])
             for build in doomed:
                 self.logs.delete(build.namespace, build.name)
+            await self._release_inputs(_binary_inputs(doomed))
 
     # Persistence helpers ------------------------------------------------------------------
     async def all_builds(self, query: stores.BuildQuery) -> AsyncIterator[Build]:
@@ -727,6 +783,15 @@ def _factory(request: requests.BuildRequest, created: datetime) -> stores.BuildF
         )
 
     return make
+
+
+def _binary_inputs(gone: Iterable[Build]) -> set[str]:
+    """The uploads these builds named (each may still be named by another build)."""
+    return {
+        digest
+        for build in gone
+        if (digest := build.meta.annotations.get(builds.BINARY_INPUT_ANNOTATION))
+    }
 
 
 def _oldest_beyond(items: list[Build], keep: int) -> list[Build]:

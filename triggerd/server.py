@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from triggerd import errors
 from triggerd.engine import Engine
+from triggerd.inputs import BinaryInputs
 from triggerd.settings import Settings
 from triggerd.web import draining
 from triggerd.web.app import make_app
@@ -132,7 +133,14 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
             lease_duration_seconds=settings.kubernetes.lease_duration_seconds,
             renew_interval_seconds=settings.kubernetes.renew_interval_seconds,
         )
-    engine = Engine(settings=settings, store=store, executor=executor, logs=logs, leadership=leader)
+    engine = Engine(
+        settings=settings,
+        store=store,
+        executor=executor,
+        logs=logs,
+        leadership=leader,
+        inputs=BinaryInputs(data_dir),
+    )
     if leader is not None:
         leader.on_change = engine.on_leadership
     # The runtime opens its aiohttp session lazily, inside the running loop.

@@ -3,7 +3,10 @@ history pruned, ConfigChange triggers, recovery after a crash, the concurrency c
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +16,17 @@ import yaml
 from tests.factories import buildconfig_doc
 from tests.fakes import FakeExecutor
 from tests.support.processes import async_wait_for
-from triggerd.engine import Engine
+from triggerd.engine import Engine, StartRequest
 from triggerd.errors import Invalid
+from triggerd.inputs import BinaryInputs
 from triggerd.logs import LogStore
+from triggerd.model import builds
+from triggerd.model import meta as metas
 from triggerd.model.builds import Phase
 from triggerd.model.requests import BuildRequest
+from triggerd.planning import archives
 from triggerd.settings import Settings
-from triggerd.store.base import BuildQuery
+from triggerd.store.base import BuildQuery, Delivery
 from triggerd.store.sqlite import SqliteStore
 
 NS = "default"
@@ -188,3 +195,64 @@ async def test_config_files_apply_concurrently_last_document_wins_and_errors_nam
         await engine.load_buildconfig_files([folder])
     assert "bad" in str(info.value) and "spec.runPolicy" in str(info.value)
     assert (await engine.store.get_buildconfig(NS, "late")).name == "late"
+
+
+async def test_housekeeping_forgets_old_deliveries_and_removes_unused_uploads(
+    tmp_path: Path,
+) -> None:
+    logs = LogStore(tmp_path / "logs")
+    executor = FakeExecutor(logs)
+    inputs = BinaryInputs(tmp_path)
+    engine = Engine(
+        settings=Settings(data_dir=tmp_path, max_concurrent_builds=1),
+        store=SqliteStore(tmp_path / "triggerd.db"),
+        executor=executor,
+        logs=logs,
+        inputs=inputs,
+    )
+    await engine.start()
+    try:
+        first, second, orphan, fresh = ("sha256:" + c * 64 for c in "abcd")
+        long_ago = time.time() - 3600
+        for digest in (first, second, orphan, fresh):
+            path = archives.upload_path(tmp_path, digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"upload")
+            if digest != fresh:  # fresh: just uploaded, its build may not be stored yet
+                os.utime(path, (long_ago, long_ago))
+
+        def on_disk() -> set[str]:
+            return set(inputs.kept())
+
+        await engine.create_buildconfig(buildconfig_doc("bin", successfulBuildsHistoryLimit=1))
+        for n, digest in ((1, first), (2, second)):
+            request = BuildRequest(annotations={builds.BINARY_INPUT_ANNOTATION: digest})
+            await engine.instantiate(NS, "bin", request)
+            await executor.wait_started(NS, f"bin-{n}")
+            executor.finish(NS, f"bin-{n}")
+            await wait_phase(engine, f"bin-{n}", Phase.COMPLETE)
+
+        # bin-2's completion pruned bin-1, the only build naming the first upload.
+        async def first_gone() -> bool:
+            return first not in on_disk()
+
+        await async_wait_for(first_gone, timeout=10, what="the first upload removed")
+        assert await names(engine, "bin") == ["bin-2"]
+        await engine.housekeeping()
+        assert on_disk() == {second, fresh}  # the orphan went; the fresh one waits
+        await engine.delete_build(NS, "bin-2")
+        assert on_disk() == {fresh}
+
+        # Delivery ids older than deliveryRetention (7 days) are forgotten: a redelivery
+        # then builds again, as documented.
+        old = Delivery(key="github:old", received=metas.now() - timedelta(days=8))
+        start = StartRequest(namespace=NS, config_name="bin", request=BuildRequest())
+        made = await engine.start_builds([start], delivery=old)
+        again = await engine.start_builds([start], delivery=old)
+        assert again.duplicate
+        await engine.housekeeping()
+        after = await engine.start_builds([start], delivery=old)
+        assert not after.duplicate
+        assert after.builds[0].number > made.builds[0].number
+    finally:
+        await engine.stop()

@@ -25,13 +25,13 @@ BCS = ("triggerd.dev/v1", "buildconfigs")
 BUILDS = ("triggerd.dev/v1", "builds")
 
 
-def new_build(name: str = "app") -> NewBuild:
+def new_build(name: str = "app", request: requests.BuildRequest | None = None) -> NewBuild:
     def make(config: object, number: int) -> builds.Build:
         from triggerd.model.buildconfigs import BuildConfig
 
         assert isinstance(config, BuildConfig)
         return requests.instantiate(
-            config, requests.BuildRequest(), number=number, uid="", created=factories.T0
+            config, request or requests.BuildRequest(), number=number, uid="", created=factories.T0
         )
 
     return NewBuild(namespace=NAMESPACE, config_name=name, make=make)
@@ -297,3 +297,12 @@ async def test_open_explains_missing_crds(kube: Kube, apiserver: FakeApiServer) 
     apiserver.unserved.add(("triggerd.dev/v1", "deliveries"))
     with pytest.raises(errors.PermanentError, match=r"deliveries\.triggerd\.dev"):
         await KubernetesStore(kube, NAMESPACE).open()
+
+
+async def test_binary_inputs_in_use_come_from_build_annotations(store: KubernetesStore) -> None:
+    await store.create_buildconfig(factories.buildconfig("app", namespace=NAMESPACE))
+    used, gone = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    binary = requests.BuildRequest(annotations={builds.BINARY_INPUT_ANNOTATION: used})
+    await store.instantiate([new_build(request=binary), new_build()])
+    assert await store.binary_inputs_in_use({used, gone}) == {used}
+    assert await store.binary_inputs_in_use(set()) == set()

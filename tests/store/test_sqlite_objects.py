@@ -280,3 +280,40 @@ async def test_writes_by_another_process_are_noticed(store: SqliteStore, db_path
     (made,) = (await store.instantiate([new_build("app")])).builds
     assert made.number == 51
     assert made.meta.resource_version == "101"
+
+
+async def test_binary_inputs_in_use_are_found_through_their_index(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    await store.create_buildconfig(config("app"))
+    await store.create_buildconfig(config("other", namespace="team"))
+    used, shared, gone = ("sha256:" + c * 64 for c in "abc")
+
+    def binary(digest: str) -> requests.BuildRequest:
+        return requests.BuildRequest(annotations={builds.BINARY_INPUT_ANNOTATION: digest})
+
+    await store.instantiate([new_build("app", make=factory(binary(used)))])
+    made = await store.instantiate([new_build("app", make=factory(binary(gone)))])
+    # The same content uploaded in another namespace keeps the upload in use for both.
+    await store.instantiate([new_build("other", "team", make=factory(binary(shared)))])
+    await store.instantiate([new_build("app", make=factory(binary(shared)))])
+    await store.instantiate([new_build("app")])  # not a binary build
+    await store.delete_builds("default", [made.builds[0].name])
+    assert await store.binary_inputs_in_use({used, shared, gone}) == {used, shared}
+    assert await store.binary_inputs_in_use(set()) == set()
+    # A phase change rewrites the document; the build still names its upload.
+    first = await store.get_build("default", "app-1")
+    await store.update_build(replace(first, status=replace(first.status, phase=Phase.RUNNING)))
+    assert await store.binary_inputs_in_use({used}) == {used}
+    # The lookup reads the partial index, not every stored document.
+    key = builds.BINARY_INPUT_ANNOTATION
+    sql = (  # the store's own query, spelled out; constants only
+        f"EXPLAIN QUERY PLAN SELECT 1 FROM builds WHERE instr(doc, '\"{key}\"') > 0"  # noqa: S608
+        f" AND json_extract(doc, '$.metadata.annotations.\"{key}\"') IN (?)"
+    )
+    conn = sqlite3.connect(store.path)
+    try:
+        plan = " ".join(str(row[-1]) for row in conn.execute(sql, (used,)))
+    finally:
+        conn.close()
+    assert "builds_by_binary_input" in plan

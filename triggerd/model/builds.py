@@ -27,6 +27,9 @@ CONFIG_LABEL_DEPRECATED = "buildconfig"
 START_POLICY_LABEL = "openshift.io/build.start-policy"
 CONFIG_ANNOTATION = CONFIG_LABEL
 NUMBER_ANNOTATION = "openshift.io/build.number"
+#: The stored upload (``sha256:<hex>``) a binary build builds; instantiatebinary sets it and
+#: a re-run copies it. The store can tell which uploads builds still use by it.
+BINARY_INPUT_ANNOTATION = "triggerd.dev/binary-input"
 
 
 class Phase(StrEnum):

@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
+from triggerd.model import builds
 from triggerd.settings import Settings
 
 #: Defaults for the maxBinarySize / maxBinaryFiles settings.
@@ -35,7 +36,7 @@ DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 DEFAULT_MAX_FILES = 100_000
 #: Build annotations instantiatebinary sets: the stored upload (its sha256) and asFile.
 #: Annotations are copied when a build is re-run, so the re-run gets the same input.
-INPUT_ANNOTATION = "triggerd.dev/binary-input"
+INPUT_ANNOTATION = builds.BINARY_INPUT_ANNOTATION
 AS_FILE_ANNOTATION = "triggerd.dev/binary-as-file"
 #: Uploads are stored content-addressed under <dataDir>/uploads/sha256/<hex>.
 UPLOADS_DIR = "uploads"

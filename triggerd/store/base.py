@@ -10,7 +10,7 @@ another writer got there first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -149,3 +149,7 @@ class Store(Protocol):
 
     async def prune_deliveries(self, older_than: datetime) -> int:
         """Forget delivery records received before ``older_than``; returns how many."""
+
+    async def binary_inputs_in_use(self, digests: Collection[str]) -> set[str]:
+        """Which of these upload digests some stored build still names in its
+        ``triggerd.dev/binary-input`` annotation (the others may be deleted)."""

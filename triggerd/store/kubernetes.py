@@ -23,7 +23,7 @@ import base64
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -455,6 +455,21 @@ class KubernetesStore:
                 await self._release(str(item["metadata"]["name"]))
                 pruned += 1
         return pruned
+
+    async def binary_inputs_in_use(self, digests: Collection[str]) -> set[str]:
+        """Reads every Build (annotations are not selectable); binary builds are refused
+        with the Job executor, so this only runs when uploads were refused builds' inputs."""
+        wanted = set(digests)
+        if not wanted:
+            return set()
+        listed = await self._call("list", BUILDS, "", self._path(BUILDS, None))
+        used: set[str] = set()
+        for item in listed.get("items") or []:
+            annotations = (item.get("metadata") or {}).get("annotations") or {}
+            digest = annotations.get(builds.BINARY_INPUT_ANNOTATION)
+            if digest in wanted:
+                used.add(str(digest))
+        return used
 
     # Secrets ----------------------------------------------------------------------------
     async def secret_value(

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -151,11 +151,26 @@ def _migrate_3_queue_index(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX builds_queue ON builds (phase, namespace, config_name, created)")
 
 
+#: The upload a binary build names, as SQL over the stored document, and the cheap test that
+#: limits the index below to builds that have one.
+_BINARY_INPUT = f"json_extract(doc, '$.metadata.annotations.\"{builds.BINARY_INPUT_ANNOTATION}\"')"
+_HAS_BINARY_INPUT = f"instr(doc, '\"{builds.BINARY_INPUT_ANNOTATION}\"') > 0"
+
+
+def _migrate_4_binary_input_index(conn: sqlite3.Connection) -> None:
+    # Whether an upload is still used, answered from an index of the few binary builds;
+    # other builds pay one substring test on insert (the partial index's condition).
+    conn.execute(
+        f"CREATE INDEX builds_by_binary_input ON builds ({_BINARY_INPUT}) WHERE {_HAS_BINARY_INPUT}"
+    )
+
+
 #: Index i upgrades version i to i + 1; the code's schema version is the length.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_1_core,
     _migrate_2_deliveries,
     _migrate_3_queue_index,
+    _migrate_4_binary_input_index,
 ]
 
 
@@ -544,6 +559,26 @@ class SqliteStore:
             ).rowcount
 
         return await self._write(write)
+
+    async def binary_inputs_in_use(self, digests: Collection[str]) -> set[str]:
+        wanted = sorted(set(digests))
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            used: set[str] = set()
+            # Bounded batches: SQLite limits the number of bound parameters.
+            for start in range(0, len(wanted), 500):
+                batch = wanted[start : start + 500]
+                marks = ", ".join("?" * len(batch))
+                # Constants and placeholders only; the digests are bound parameters.
+                sql = (
+                    f"SELECT DISTINCT {_BINARY_INPUT} FROM builds"  # noqa: S608
+                    f" WHERE {_HAS_BINARY_INPUT} AND {_BINARY_INPUT} IN ({marks})"
+                )
+                rows = conn.execute(sql, batch)
+                used.update(str(row[0]) for row in rows)
+            return used
+
+        return await self._read(read) if wanted else set()
 
     # Row helpers (run on the writer or a reader thread) -----------------------------------
 
