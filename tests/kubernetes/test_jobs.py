@@ -375,3 +375,31 @@ def test_git_credential_helper_answers_from_the_mounted_files(tmp_path: Any) -> 
     ssh.mkdir()
     (ssh / "ssh-privatekey").write_text("key")
     assert "password=" not in fill(str(ssh))
+
+
+def test_source_images_pull_secrets_are_mounted_for_their_pulls() -> None:
+    source = {
+        "type": "Git",
+        "git": {"uri": "https://git.example.com/team/app.git", "ref": "main"},
+        "images": [
+            {
+                "from": {"kind": "DockerImage", "name": "registry.example.com/private/tools:1"},
+                "pullSecret": {"name": "private-pull"},
+                "paths": [{"sourcePath": "/bin/tool", "destinationDir": "bin"}],
+            }
+        ],
+    }
+    job, plan = render(make_build(source=source), options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    directory = f"{jobs.IMAGE_PULL_SECRETS_DIR}/private-pull"
+    assert mounts_of(containers(job)["build"])[directory] == "image-pull-0"
+    assert directory not in mounts_of(containers(job)["fetch"])
+    volume = next(
+        v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "image-pull-0"
+    )
+    assert volume["secret"]["secretName"] == "private-pull"
+    assert volume["secret"]["items"] == [{"key": ".dockerconfigjson", "path": jobs.AUTH_FILE}]
+    pull = next(
+        s.action for s in plan.steps if isinstance(s.action, Command) and "pull" in s.action.argv
+    )
+    assert f"{directory}/{jobs.AUTH_FILE}" in pull.argv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shlex
 from typing import Any
@@ -454,3 +455,36 @@ def test_unplannable_builds(overrides: dict[str, Any], reason: Reason, message: 
     with pytest.raises(buildah.Unplannable, match=message) as info:
         buildah.render(make_build(spec(**overrides)), CTX)
     assert info.value.reason is reason
+
+
+def test_source_images_pull_with_their_own_pull_secret() -> None:
+    tools = "registry.example.com/private/tools:1"
+    doc = spec()
+    doc["source"]["images"] = [
+        {
+            "from": {"kind": "DockerImage", "name": tools},
+            "pullSecret": {"name": "private-pull"},
+            "paths": [{"sourcePath": "/bin/tool", "destinationDir": "bin"}],
+        },
+        {
+            "from": {"kind": "DockerImage", "name": "registry.example.com/public/x:1"},
+            "paths": [{"sourcePath": "/x", "destinationDir": ""}],
+        },
+    ]
+    ctx = dataclasses.replace(
+        CTX,
+        pull_auth_file="secrets/pull-auth.json",
+        image_pull_auth_files={"private-pull": "secrets/image-pull-auth-0.json"},
+    )
+    pulls = [c for c in buildah.render(make_build(doc), ctx).commands() if "pull" in c.argv]
+    resolved = [" ".join(str(resolve(a, WS, {})) for a in c.argv) for c in pulls]
+    # The image's own secret for it; the strategy's pull auth for everything else.
+    assert resolved[0].endswith(f"--authfile {WS}/secrets/image-pull-auth-0.json {tools}")
+    assert resolved[1].endswith(
+        f"--authfile {WS}/secrets/pull-auth.json registry.example.com/public/x:1"
+    )
+    with pytest.raises(
+        buildah.Unplannable, match=r'pull secret "private-pull" of spec\.source\.images'
+    ) as info:
+        buildah.render(make_build(doc), CTX)
+    assert info.value.reason is Reason.PULL_BUILDER_IMAGE_FAILED

@@ -4,7 +4,9 @@ a secret never ends up in the pushed image's layers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import subprocess
 from typing import Any
 
@@ -14,9 +16,10 @@ from tests.executors.conftest import ExecutorEnv, RecordingReporter, make_build
 from tests.strategies.images import layer_files, run_in
 from tests.support.buildah import BuildahEnv
 from tests.support.gitrepo import Executable, GitRepoFactory
+from tests.support.registry import RegistryFactory
 from triggerd.executors.base import Failed, Succeeded
 from triggerd.model.builds import Reason
-from triggerd.settings import SecretSettings
+from triggerd.settings import RegistrySettings, SecretSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -194,3 +197,61 @@ async def test_missing_image_path_fails_the_fetch(
     assert isinstance(outcome, Failed)
     assert outcome.reason is Reason.FETCH_SOURCE_FAILED
     assert "/no/such/path: no such file or directory in the image" in outcome.message
+
+
+async def test_source_images_pull_from_a_private_registry_with_their_pull_secret(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, registry_factory: RegistryFactory,
+    buildah_env: BuildahEnv,
+) -> None:  # fmt: skip
+    private = registry_factory(htpasswd={"puller": "correct-horse"})
+    tools = private.ref("private/tools", "v1")
+    # The busybox base, copied into the registry that needs credentials.
+    await asyncio.to_thread(
+        subprocess.run,
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+         "--dest-creds", "puller:correct-horse",
+         f"docker://{env.base_image}", f"docker://{tools}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    token = base64.b64encode(b"puller:correct-horse").decode()
+    settings = env.settings(
+        registries={private.host: RegistrySettings(insecure=True)},
+        secrets={
+            "private-pull": SecretSettings(
+                data={".dockerconfigjson": json.dumps({"auths": {private.host: {"auth": token}}})}
+            )
+        },
+    )
+    repo = git_repo_factory(
+        "private-image-inputs", {"Dockerfile": f"FROM {env.base_image}\nCOPY tools /tools/\n"}
+    )
+    image = env.registry.ref("inputs/private-images", "v1")
+
+    def spec(pull_secret: str | None) -> dict[str, Any]:
+        image_source: dict[str, Any] = {
+            "from": {"kind": "DockerImage", "name": tools},
+            "paths": [{"sourcePath": "/bin/busybox", "destinationDir": "tools"}],
+        }
+        if pull_secret:
+            image_source["pullSecret"] = {"name": pull_secret}
+        return {
+            "source": {
+                "type": "Git",
+                "git": {"uri": repo.git_url, "ref": "main"},
+                "images": [image_source],
+            },
+            "strategy": {"type": "Docker", "dockerStrategy": {}},
+            "output": {"to": {"kind": "DockerImage", "name": image}},
+        }
+
+    executor = env.executor(settings)
+    # Without the secret the registry refuses the pull.
+    refused = await executor.run(make_build(spec(None), "private-1"), RecordingReporter())
+    assert isinstance(refused, Failed), env.logs.read("team", "private-1").decode()
+    assert refused.reason is Reason.PULL_BUILDER_IMAGE_FAILED
+    # With it the image is pulled and its file copied into the build context.
+    built = await executor.run(make_build(spec("private-pull"), "private-2"), RecordingReporter())
+    assert isinstance(built, Succeeded), env.logs.read("team", "private-2").decode()
+    listing = run_in(buildah_env, image, "ls", "/tools")
+    assert listing.split() == ["busybox"]
+    assert "correct-horse" not in env.logs.read("team", "private-2").decode()

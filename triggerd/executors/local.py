@@ -165,6 +165,7 @@ class LocalExecutor:
             image_stream_registry=settings.image_stream_registry,
             push_auth_file=self._push_auth(build, workspace),
             pull_auth_file=self._pull_auth(build, workspace),
+            image_pull_auth_files=self._image_pull_auth(build, workspace),
             git_ssh_key_file=self._ssh_key(build, workspace),
             git_credential_helper=self._credential_helper(build, workspace),
             push_retries=settings.buildah.push_retries,
@@ -315,6 +316,19 @@ class LocalExecutor:
             except (OSError, ValueError, AttributeError) as e:
                 raise _Refused(reason, f"cannot read registry auth file {path}: {e}") from e
         return _write_secret(workspace, "pull-auth.json", json.dumps({"auths": merged}))
+
+    def _image_pull_auth(self, build: Build, workspace: Path) -> dict[str, str]:
+        """An auth file per pull secret of source.images, from the named secrets."""
+        reason = Reason.PULL_BUILDER_IMAGE_FAILED
+        files: dict[str, str] = {}
+        for image_source in build.spec.source.images:
+            name = image_source.pull_secret
+            if name and name not in files:
+                secret = self._secret(name, reason, "pull secret")
+                files[name] = _docker_config(
+                    secret, name, workspace, f"image-pull-auth-{len(files)}.json", reason
+                )
+        return files
 
     def _ssh_key(self, build: Build, workspace: Path) -> str | None:
         name = build.spec.source.source_secret

@@ -101,6 +101,8 @@ class PlanContext:
     search_registries: tuple[str, ...] = DEFAULT_SEARCH_REGISTRIES
     push_auth_file: str | None = None
     pull_auth_file: str | None = None
+    #: source.images[].pullSecret name → registry auth file for pulling that image
+    image_pull_auth_files: Mapping[str, str] = field(default_factory=dict)
     git_ssh_key_file: str | None = None  # absolute: ssh runs in the checkout, not the workspace
     git_credential_helper: str | None = None  # absolute path of a basic-auth helper script
     push_retries: int = 3
@@ -259,8 +261,19 @@ def render(build: Build, ctx: PlanContext) -> Plan:
             _docker_image(image_source.from_image, f"spec.source.images[{index}].from"),
             f"spec.source.images[{index}].from.name",
         )
+        image_auth = None
+        if image_source.pull_secret:
+            image_auth = ctx.image_pull_auth_files.get(image_source.pull_secret)
+            if image_auth is None:
+                raise Unplannable(
+                    Reason.PULL_BUILDER_IMAGE_FAILED,
+                    f'pull secret "{image_source.pull_secret}" of spec.source.images[{index}] '
+                    "was not provided",
+                )
         add(
-            StageName.PULL_IMAGES, Reason.PULL_BUILDER_IMAGE_FAILED, _pull(ctx, pulled, force=False)
+            StageName.PULL_IMAGES,
+            Reason.PULL_BUILDER_IMAGE_FAILED,
+            _pull(ctx, pulled, force=False, auth_file=image_auth),
         )
         add(
             StageName.PULL_IMAGES,

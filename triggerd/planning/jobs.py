@@ -62,6 +62,8 @@ STORAGE_RUNROOT: Final = f"{STORAGE_MOUNT}/run"
 # Mount points of Secret volumes, not secrets.
 PUSH_SECRET_DIR: Final = "/var/run/secrets/triggerd/push"  # noqa: S105
 PULL_SECRET_DIR: Final = "/var/run/secrets/triggerd/pull"  # noqa: S105
+#: One directory per source.images[].pullSecret, named after the Secret.
+IMAGE_PULL_SECRETS_DIR: Final = "/var/run/secrets/triggerd/image-pull"
 SOURCE_SECRET_DIR: Final = "/var/run/secrets/triggerd/source"  # noqa: S105
 #: Where source.secrets, dockerStrategy.volumes and customStrategy.secrets are mounted,
 #: one directory per Secret / ConfigMap name (read-only volumes, never copied by triggerd).
@@ -154,6 +156,11 @@ def input_names(build: Build) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(sorted(secrets)), tuple(sorted(config_maps))
 
 
+def image_pull_secrets(build: Build) -> tuple[str, ...]:
+    """The distinct source.images[].pullSecret names, in order of first use."""
+    return tuple(dict.fromkeys(i.pull_secret for i in build.spec.source.images if i.pull_secret))
+
+
 def git_credential_helper(directory: str) -> str:
     """A git credential helper (a shell snippet, run by git through sh) that answers with
     the basic-auth username and password files of the source secret mounted at
@@ -188,6 +195,10 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         # the helper reads; which keys it has is only known where it is mounted.
         git_ssh_key_file=f"{SOURCE_SECRET_DIR}/{SSH_KEY_FILE}" if git_secret else None,
         git_credential_helper=git_credential_helper(SOURCE_SECRET_DIR) if git_secret else None,
+        image_pull_auth_files={
+            name: f"{IMAGE_PULL_SECRETS_DIR}/{name}/{AUTH_FILE}"
+            for name in image_pull_secrets(build)
+        },
         secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
         config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
     )
@@ -420,6 +431,14 @@ def _build_container(
     docker = build.spec.strategy.docker
     if docker is not None and docker.pull_secret:
         mounts.append({"name": "pull-secret", "mountPath": PULL_SECRET_DIR, "readOnly": True})
+    for index, name in enumerate(image_pull_secrets(build)):
+        mounts.append(
+            {
+                "name": f"image-pull-{index}",
+                "mountPath": f"{IMAGE_PULL_SECRETS_DIR}/{name}",
+                "readOnly": True,
+            }
+        )
     security: dict[str, Any]
     if privileged:
         # Only when the settings allow it and the BuildConfig asks; never a Docker socket.
@@ -493,6 +512,8 @@ def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
     docker = build.spec.strategy.docker
     if docker is not None and docker.pull_secret:
         volumes.append(docker_secret("pull-secret", docker.pull_secret))
+    for index, name in enumerate(image_pull_secrets(build)):
+        volumes.append(docker_secret(f"image-pull-{index}", name))
     if build.spec.source.source_secret and build.spec.source.git is not None:
         volumes.append(
             {
