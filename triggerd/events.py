@@ -91,8 +91,24 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GenericRevision:
+    """One ``refs[]`` entry of a post-receive style Generic payload (git's fields merged in)."""
+
+    ref: str | None
+    commit: str | None
+    author: Person | None
+    committer: Person | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GenericTrigger:
-    """OpenShift's GenericWebHookEvent; every field is optional (an empty body is valid)."""
+    """OpenShift's GenericWebHookEvent; every field is optional (an empty body is valid).
+
+    ``ref`` … ``message`` are what ``git`` names, or the first ``refs[]`` entry when ``git``
+    has no ref; ``refs`` lists every entry in order when the payload used ``refs[]`` (and
+    ``git.ref`` is absent), so matching can build the first one the trigger accepts.
+    """
 
     delivery_id: str | None
     ref: str | None
@@ -108,6 +124,8 @@ class GenericTrigger:
     no_cache: bool | None
     #: ``git.uri`` when given
     repository_urls: tuple[str, ...]
+    #: the post-receive ``refs[]`` entries, in payload order (empty when ``git.ref`` is set)
+    refs: tuple[GenericRevision, ...] = ()
 
 
 Event = GitPush | Ping | GenericTrigger

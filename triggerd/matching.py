@@ -174,23 +174,116 @@ def _match_ref(config: BuildConfig, hook: WebHookTrigger, push: events.GitPush) 
             accepted=False,
             reason=f"branch {name} does not match branches {', '.join(hook.branches)}",
         )
-    wanted = config.spec.source.git.ref if config.spec.source.git else ""
-    wanted = wanted.removeprefix("refs/heads/")
+    wanted = _config_ref(config)
     if not wanted:
-        if push.default_branch:
-            wanted = push.default_branch
-        elif name in ("main", "master"):
-            # No ref in the config and no default branch in the payload: take the usual
-            # default names rather than guessing wider.
-            return Verdict(accepted=True)
-        else:
+        if not push.default_branch:
+            # Never a guess such as "main" or "master": the config follows the repository's
+            # default branch, and this payload (Bitbucket Data Center's, say) does not say
+            # which branch that is.
             return Verdict(
                 accepted=False,
-                reason=f"branch {name} is not the default branch (the config names no ref)",
+                reason=f"branch {name}: the config names no ref and the payload does not say "
+                "which branch is the default; set spec.source.git.ref or the trigger's branches",
             )
+        wanted = push.default_branch
     if name == wanted:
         return Verdict(accepted=True)
     return Verdict(accepted=False, reason=f"branch {name} does not match the config's ref {wanted}")
+
+
+def _config_ref(config: BuildConfig) -> str:
+    """The config's ref as a short name ("" when it follows the default branch)."""
+    git = config.spec.source.git
+    return _short_ref(git.ref) if git and git.ref else ""
+
+
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenericVerdict:
+    accepted: bool
+    reason: str = ""
+    #: the revision to build: the payload's ``git`` or the ``refs[]`` entry that matched
+    revision: events.GenericRevision | None = None
+
+
+def evaluate_generic(
+    config: BuildConfig, hook: WebHookTrigger, event: events.GenericTrigger
+) -> GenericVerdict:
+    """Does this Generic payload, through this trigger, start a build of ``config``?
+
+    As OpenShift: no ref means "build the config's ref"; a ``git.ref`` must match the
+    config's ref, and of post-receive ``refs[]`` the first matching entry is built. Beyond
+    OpenShift, the trigger's ``branches``/``tags`` patterns apply (a ref that only a pattern
+    accepts must carry its commit: without one the config's ref would be built instead),
+    and so do ``skipCi`` and ``ignoreAuthors``; ``paths`` cannot, as the payload lists no
+    changed files, so building is the safe answer there, as for partial push payloads.
+    """
+    if config.paused:
+        return GenericVerdict(accepted=False, reason=f"buildconfig {config.name} is paused")
+    primary = events.GenericRevision(
+        ref=event.ref,
+        commit=event.commit,
+        author=event.author,
+        committer=event.committer,
+        message=event.message,
+    )
+    candidates = event.refs or ((primary,) if event.ref else ())
+    if not candidates:
+        chosen = primary
+    else:
+        reasons = []
+        for candidate in candidates:
+            reason = _generic_ref_refusal(config, hook, candidate)
+            if reason is None:
+                chosen = candidate
+                break
+            reasons.append(reason)
+        else:
+            if len(reasons) == 1:
+                return GenericVerdict(accepted=False, reason=reasons[0])
+            return GenericVerdict(
+                accepted=False, reason="none of the refs matched: " + "; ".join(reasons)
+            )
+    if hook.skip_ci and chosen.message:
+        lowered = chosen.message.lower()
+        marker = next((m for m in SKIP_CI_MARKERS if m in lowered), None)
+        if marker:
+            return GenericVerdict(accepted=False, reason=f"commit message contains {marker}")
+    for person in (p for p in (chosen.author, chosen.committer) if p is not None):
+        if any(_glob(person.name, x) or _glob(person.email, x) for x in hook.ignore_authors):
+            return GenericVerdict(
+                accepted=False, reason=f"author {person.name} is in ignoreAuthors"
+            )
+    return GenericVerdict(accepted=True, revision=chosen)
+
+
+def _generic_ref_refusal(
+    config: BuildConfig, hook: WebHookTrigger, candidate: events.GenericRevision
+) -> str | None:
+    ref = candidate.ref or ""
+    asked = _short_ref(ref)
+    wanted = _config_ref(config)
+    if wanted and asked == wanted:
+        return None
+    is_tag = ref.startswith("refs/tags/")
+    patterns, field = (hook.tags, "tags") if is_tag else (hook.branches, "branches")
+    if patterns or (not wanted and not hook.branches and not hook.tags):
+        if patterns and not any(_glob(asked, p) for p in patterns):
+            return f"ref {asked} does not match the trigger's {field} {', '.join(patterns)}"
+        if not candidate.commit:
+            # Only its commit says what to build: the build would otherwise fetch the
+            # config's ref (or the default branch), not the one asked for.
+            return f"ref {asked} carries no commit and is not the config's ref " + (
+                wanted or "(the config follows the default branch)"
+            )
+        return None
+    return f"ref {asked} does not match the config's ref {wanted or '(default branch)'}"
 
 
 def _match_paths(hook: WebHookTrigger, push: events.GitPush) -> Verdict:
@@ -235,15 +328,30 @@ def push_request(push: events.GitPush, trigger_type: TriggerType) -> BuildReques
     return BuildRequest(revision=revision, triggered_by=(_cause(trigger_type, revision),))
 
 
-def generic_request(event: events.GenericTrigger, hook: WebHookTrigger) -> BuildRequest:
-    """The request a Generic webhook asks for; env and strategy options only where allowed."""
+def generic_request(
+    event: events.GenericTrigger,
+    hook: WebHookTrigger,
+    chosen: events.GenericRevision | None = None,
+) -> BuildRequest:
+    """The request a Generic webhook asks for; env and strategy options only where allowed.
+
+    ``chosen`` is the revision :func:`evaluate_generic` picked (default: the payload's git).
+    """
+    if chosen is None:
+        chosen = events.GenericRevision(
+            ref=event.ref,
+            commit=event.commit,
+            author=event.author,
+            committer=event.committer,
+            message=event.message,
+        )
     revision = None
-    if event.commit or event.message or event.author:
+    if chosen.commit or chosen.message or chosen.author:
         revision = specs.SourceRevision(
-            commit=event.commit or "",
-            author=_user(event.author),
-            committer=_user(event.committer),
-            message=event.message or "",
+            commit=chosen.commit or "",
+            author=_user(chosen.author),
+            committer=_user(chosen.committer),
+            message=chosen.message or "",
         )
     env = tuple(specs.EnvVar(name=k, value=v) for k, v in event.env) if hook.allow_env else ()
     allow = hook.allow_strategy_options

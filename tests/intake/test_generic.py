@@ -100,8 +100,13 @@ def test_delivery_id_headers() -> None:
 
 
 class TestRefs:
-    def test_post_receive_style_uses_the_first_ref(self) -> None:
+    def test_post_receive_style_keeps_every_ref_in_order(self) -> None:
         event = _parse(raw("generic/post-receive-refs.json"))
+        assert [(r.ref, r.message) for r in event.refs] == [
+            ("refs/heads/main", "Merge branch 'feature'"),
+            ("refs/heads/feature", "Add the feature"),
+        ]
+        # The first entry also fills the single-revision fields.
         assert event.ref == "refs/heads/main"
         assert event.commit == "5c61d4e1b1e2c5cb0f1e0f6c6c1b9e3d7a2f4b10"
         assert event.message == "Merge branch 'feature'"
@@ -120,6 +125,7 @@ class TestRefs:
         }
         event = _parse(encode(body))
         assert (event.ref, event.commit) == ("main", "c1")
+        assert event.refs == ()
 
     def test_every_ref_entry_is_checked(self) -> None:
         body = {"git": {"refs": [{"ref": "a"}, {"ref": "b", "commit": 5}]}}

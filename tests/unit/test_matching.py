@@ -198,3 +198,155 @@ def test_generic_options_only_when_allowed() -> None:
     assert [(e.name, e.value) for e in request.build_args] == [("B", "2")]
     assert request.no_cache is True
     assert matching.ignored_generic_options(event, open_) == []
+
+
+def test_no_ref_and_no_default_branch_in_the_payload_is_never_a_guess() -> None:
+    config, webhook = config_with(ref="")
+    for branch in ("main", "master"):
+        verdict = matching.evaluate_push(
+            config, webhook, push(f"refs/heads/{branch}", default_branch=None)
+        )
+        assert not verdict.accepted
+        assert "does not say which branch is the default" in verdict.reason
+
+
+def generic_with(ref: str = "main", **hook: Any) -> tuple[buildconfigs.BuildConfig, Any]:
+    doc = buildconfig_doc(
+        ref=ref, triggers=[{"type": "Generic", "generic": {"secret": "s", **hook}}]
+    )
+    config = buildconfigs.parse(doc)
+    trigger = matching.webhook_triggers(config, TriggerType.GENERIC)[0]
+    assert trigger.webhook is not None
+    return config, trigger.webhook
+
+
+def generic_event(
+    ref: str | None = None,
+    commit: str | None = None,
+    *,
+    refs: tuple[tuple[str, str | None], ...] = (),
+    message: str | None = None,
+    author: str | None = None,
+) -> events.GenericTrigger:
+    person = events.Person(name=author, email="") if author else None
+    entries = tuple(
+        events.GenericRevision(ref=r, commit=c, author=person, committer=None, message=message)
+        for r, c in refs
+    )
+    first = entries[0] if entries else None
+    return events.GenericTrigger(
+        delivery_id=None,
+        ref=first.ref if first else ref,
+        commit=first.commit if first else commit,
+        author=person,
+        committer=None,
+        message=message,
+        env=(),
+        build_args=(),
+        no_cache=None,
+        repository_urls=(),
+        refs=entries,
+    )
+
+
+GENERIC_CASES: list[tuple[str, str, dict[str, Any], events.GenericTrigger, str | None, str]] = [
+    # (id, config ref, trigger fields, event, commit built or None when refused, reason)
+    ("no ref builds the config's ref", "main", {}, generic_event(), "", ""),
+    ("same ref", "main", {}, generic_event("refs/heads/main", SHA), SHA, ""),
+    ("other ref", "main", {}, generic_event("dev", SHA), None, "does not match the config's ref"),
+    (
+        "post-receive: the first matching entry is built, not the first entry",
+        "main",
+        {},
+        generic_event(refs=(("refs/heads/feature", "2" * 40), ("refs/heads/main", SHA))),
+        SHA,
+        "",
+    ),
+    (
+        "post-receive: no entry matches",
+        "main",
+        {},
+        generic_event(refs=(("refs/heads/a", SHA), ("refs/heads/b", SHA))),
+        None,
+        "none of the refs matched",
+    ),
+    (
+        "branch pattern with its commit",
+        "main",
+        {"branches": ["release/*"]},
+        generic_event("refs/heads/release/2", SHA),
+        SHA,
+        "",
+    ),
+    (
+        "branch pattern without a commit would build the wrong ref",
+        "main",
+        {"branches": ["release/*"]},
+        generic_event("release/2"),
+        None,
+        "carries no commit",
+    ),
+    (
+        "branch pattern miss",
+        "main",
+        {"branches": ["release/*"]},
+        generic_event("dev", SHA),
+        None,
+        "does not match the trigger's branches",
+    ),
+    ("tag pattern", "main", {"tags": ["v*"]}, generic_event("refs/tags/v1", SHA), SHA, ""),
+    (
+        "config without ref: a ref with its commit builds that commit",
+        "",
+        {},
+        generic_event("feature", SHA),
+        SHA,
+        "",
+    ),
+    (
+        "config without ref: a bare ref is not guessed to be the default branch",
+        "",
+        {},
+        generic_event("master"),
+        None,
+        "follows the default branch",
+    ),
+    (
+        "skip ci",
+        "main",
+        {},
+        generic_event(refs=(("main", SHA),), message="docs [skip ci]"),
+        None,
+        "[skip ci]",
+    ),
+    (
+        "ignored author",
+        "main",
+        {"ignoreAuthors": ["*[bot]"]},
+        generic_event(refs=(("main", SHA),), author="renovate[bot]"),
+        None,
+        "ignoreAuthors",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("ref", "hook", "event", "built", "reason"),
+    [c[1:] for c in GENERIC_CASES],
+    ids=[c[0] for c in GENERIC_CASES],
+)
+def test_generic_refs_and_filters(
+    ref: str,
+    hook: dict[str, Any],
+    event: events.GenericTrigger,
+    built: str | None,
+    reason: str,
+) -> None:
+    config, webhook = generic_with(ref, **hook)
+    verdict = matching.evaluate_generic(config, webhook, event)
+    assert verdict.accepted is (built is not None), verdict.reason
+    assert reason in verdict.reason
+    if built is not None:
+        request = matching.generic_request(event, webhook, verdict.revision)
+        commit = request.revision.commit if request.revision is not None else ""
+        assert commit == built

@@ -45,6 +45,27 @@ CASES = [
     ),
     ("latest-only: single queued waits", [(1, P.RUNNING, SLO), (2, P.NEW, SLO)], 5, [], []),
     (
+        "latest-only after serial: cancels the older serial builds in the queue too",
+        [(1, P.RUNNING, S), (2, P.NEW, S), (3, P.NEW, S), (4, P.NEW, SLO)],
+        5,
+        [],
+        ["app-2", "app-3"],
+    ),
+    (
+        "latest-only after parallel: older queued parallel builds go, the newest starts alone",
+        [(1, P.NEW, PAR), (2, P.NEW, SLO)],
+        5,
+        ["app-2"],
+        ["app-1"],
+    ),
+    (
+        "serial after latest-only: builds queued after the newest latest-only one stay",
+        [(1, P.RUNNING, SLO), (2, P.NEW, SLO), (3, P.NEW, SLO), (4, P.NEW, S)],
+        5,
+        [],
+        ["app-2"],
+    ),
+    (
         "parallel: all start",
         [(1, P.NEW, PAR), (2, P.NEW, PAR), (3, P.NEW, PAR)],
         5,

@@ -320,6 +320,26 @@ async def test_generic_ref_must_be_the_configs(hooks: Hooks) -> None:
     assert reply.body["triggered"][0]["revision"] == "a" * 40
 
 
+async def test_generic_post_receive_refs_build_the_first_matching_entry(hooks: Hooks) -> None:
+    """OpenShift loops over git.refs; the branch the config builds need not come first."""
+    await hooks.add_config(triggers=[trigger("Generic")])
+    body = encode(
+        {
+            "git": {
+                "refs": [
+                    {"ref": "refs/heads/feature", "commit": "b" * 40},
+                    {"ref": "refs/heads/main", "commit": "c" * 40, "message": "release"},
+                ]
+            }
+        }
+    )
+    reply = await hooks.post(config_path("app", "generic"), body, {"Content-Type": JSON})
+    assert reply.status == 201, reply.text
+    assert reply.body["triggered"][0]["revision"] == "c" * 40
+    [build] = await hooks.builds()
+    assert build.spec.revision is not None and build.spec.revision.message == "release"
+
+
 async def test_generic_hmac_header(hooks: Hooks) -> None:
     await hooks.add_config(triggers=[trigger("Generic", hmacHeader="X-Signature")])
     body = _generic_body()

@@ -35,6 +35,10 @@ async def test_sequential_redelivery_answers_the_original_builds(hooks: Hooks) -
         assert again.body["duplicate"] is True
         assert again.body["triggered"] == first.body["triggered"]
         assert again.body["delivery"] == first.body["delivery"]
+        assert again.body["reason"] == (
+            "delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958 was already received; "
+            "nothing new started"
+        )
     assert len(await hooks.builds()) == 2
     # Another delivery of the same push is a new request.
     other = await hooks.post("/hooks/github", PUSH, github_headers(PUSH, delivery="another"))

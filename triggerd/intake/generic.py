@@ -2,8 +2,9 @@
 
 First stage of the Generic webhook flow after the URL secret check: headers and raw body in,
 one :class:`~triggerd.events.GenericTrigger` out. Every field is optional and an empty body
-is a valid "just build" request. The revision comes from ``git`` or, post-receive style, the
-first entry of ``git.refs`` (or a top-level ``refs``) when ``git.ref`` is absent. Wrong types
+is a valid "just build" request. The revision comes from ``git`` or, post-receive style, from
+the entries of ``git.refs`` (or a top-level ``refs``) when ``git.ref`` is absent: all of them
+are kept, in order, and matching builds the first one the trigger accepts. Wrong types
 are rejected with the field's path rather than ignored as OpenShift does. Pure: no I/O, only
 :func:`yaml.safe_load` for YAML, and only :mod:`triggerd.errors` types are raised.
 """
@@ -17,7 +18,7 @@ from typing import Final, TypedDict
 import yaml
 
 from triggerd.errors import MalformedPayload
-from triggerd.events import Event, GenericTrigger, Person
+from triggerd.events import Event, GenericRevision, GenericTrigger, Person
 from triggerd.intake._payload import (
     Node,
     accept_media_type,
@@ -106,13 +107,15 @@ def parse_all(headers: Mapping[str, str], body: bytes, content_type: str) -> tup
     revision = _revision(git) if git is not None else None
     refs = [_revision(node) for node in (git.children("refs") if git is not None else [])]
     refs += [_revision(node) for node in root.children("refs")]
+    candidates: tuple[_Revision, ...] = ()
     if (revision is None or revision.ref is None) and refs:
-        revision = _merge(refs[0], revision)
+        candidates = tuple(_merge(entry, revision) for entry in refs)
+        revision = candidates[0]
     env = _name_values(root.children("env"))
     options = root.child("dockerStrategyOptions")
     build_args = _name_values(options.children("buildArgs")) if options is not None else ()
     no_cache = options.boolean("noCache") if options is not None else None
-    return (_trigger(delivery, revision, env, build_args, no_cache),)
+    return (_trigger(delivery, revision, env, build_args, no_cache, candidates),)
 
 
 def _load_yaml(body: bytes) -> object:
@@ -176,6 +179,7 @@ def _trigger(
     env: tuple[tuple[str, str], ...],
     build_args: tuple[tuple[str, str], ...],
     no_cache: bool | None,
+    candidates: tuple[_Revision, ...] = (),
 ) -> GenericTrigger:
     return GenericTrigger(
         delivery_id=delivery,
@@ -188,4 +192,14 @@ def _trigger(
         build_args=build_args,
         no_cache=no_cache,
         repository_urls=unique([revision.uri if revision else None]),
+        refs=tuple(
+            GenericRevision(
+                ref=c.ref,
+                commit=c.commit,
+                author=c.author,
+                committer=c.committer,
+                message=c.message,
+            )
+            for c in candidates
+        ),
     )

@@ -322,41 +322,17 @@ def _plan_generic(
     plan: _Plan, config: BuildConfig, hook: WebHookTrigger, event: GenericTrigger
 ) -> None:
     plan.ignored.extend(matching.ignored_generic_options(event, hook))
-    reason = _generic_refusal(config, event)
-    if reason is not None:
-        plan.skipped.append(_skip(config, reason))
+    verdict = matching.evaluate_generic(config, hook, event)
+    if not verdict.accepted:
+        plan.skipped.append(_skip(config, verdict.reason))
         return
     plan.starts.append(
         StartRequest(
             namespace=config.namespace,
             config_name=config.name,
-            request=matching.generic_request(event, hook),
+            request=matching.generic_request(event, hook, verdict.revision),
         )
     )
-
-
-def _generic_refusal(config: BuildConfig, event: GenericTrigger) -> str | None:
-    """Why a Generic event starts nothing (paused, or a ``git.ref`` other than the config's,
-    as OpenShift checks it), or None. Pure; it belongs beside evaluate_push in matching."""
-    if config.paused:
-        return f"buildconfig {config.name} is paused"
-    if not event.ref:
-        return None
-    asked = _short_ref(event.ref)
-    git = config.spec.source.git
-    wanted = _short_ref(git.ref) if git and git.ref else ""
-    if wanted and asked == wanted:
-        return None
-    if not wanted and asked in ("main", "master"):
-        return None
-    return f"ref {asked} does not match the config's ref {wanted or '(default branch)'}"
-
-
-def _short_ref(ref: str) -> str:
-    for prefix in ("refs/heads/", "refs/tags/"):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return ref
 
 
 # The two flows ------------------------------------------------------------------------------
@@ -499,7 +475,12 @@ async def _answer(
         # Only builds of configs this delivery proved itself to: a colliding id from another
         # tenant must not reveal someone else's builds.
         shown = [b for b in result.builds if (b.namespace, b.config_name) in plan.allowed]
-        body = {**base, "triggered": [_entry(b) for b in shown], "duplicate": True}
+        body = {
+            **base,
+            "triggered": [_entry(b) for b in shown],
+            "duplicate": True,
+            "reason": f"delivery {delivery_id} was already received; nothing new started",
+        }
         return web.json_response(body, status=200), DUPLICATE
     body = {**base, "triggered": [_entry(b) for b in result.builds]}
     if plan.skipped:
