@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from pytest_aiohttp import AiohttpClient
 
+from tests.factories import buildconfig_doc
 from tests.web.conftest import TOKEN, Env, make_env_app
 from tests.web.test_buildconfigs import status_of
 from triggerd.web import LIFECYCLE, auth, health
@@ -25,6 +26,22 @@ async def test_missing_token(env: Env) -> None:
         status_of(body, 401, "Unauthorized")
         assert "bearer token is required" in body["message"]
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_writes_without_a_token_change_nothing(env: Env) -> None:
+    await env.create_bc("app")
+    before = await env.snapshot()
+    attempts = [
+        ("POST", "buildconfigs", buildconfig_doc("other")),
+        ("PUT", "buildconfigs/app", buildconfig_doc("app")),
+        ("DELETE", "buildconfigs/app", None),
+        ("POST", "buildconfigs/app/instantiate", {}),
+    ]
+    for method, resource, body in attempts:
+        response = await env.client.request(method, env.path(resource), json=body)
+        assert response.status == 401, (method, resource)
+        status_of(await response.json(), 401, "Unauthorized")
+    assert await env.snapshot() == before
 
 
 async def test_wrong_token_is_not_echoed(env: Env) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from tests.factories import buildconfig_doc
-from tests.web.conftest import BODY_LIMIT, Env
+from tests.web.conftest import BODY_LIMIT, NS, Env
 
 
 def status_of(body: dict[str, Any], code: int, reason: str) -> None:
@@ -128,6 +128,27 @@ async def test_invalid_lists_field_paths(env: Env) -> None:
     assert causes["spec.source.contextDir"]["reason"] == "FieldValueInvalid"
     assert ".." in causes["spec.source.contextDir"]["message"]
     assert body["details"]["name"] == "bad" and body["details"]["kind"] == "BuildConfig"
+    assert await env.snapshot() == before
+
+
+async def test_unknown_strategy_is_refused_and_nothing_changes(env: Env) -> None:
+    await env.create_bc("existing")
+    await env.start("existing")
+    await env.executor.wait_started(NS, "existing-1")  # the build stays Running from here
+    before = await env.snapshot()
+    doc = buildconfig_doc("bad")
+    doc["spec"]["strategy"] = {"type": "Kaniko", "kanikoStrategy": {}}
+    response = await env.call("POST", "buildconfigs", json=doc)
+    assert response.status == 422
+    body = await response.json()
+    status_of(body, 422, "Invalid")
+    fields = [c["field"] for c in body["details"]["causes"]]
+    assert "spec.strategy.type" in fields, body
+    # Replacing a good config with the bad strategy is refused the same way.
+    existing = await (await env.call("GET", "buildconfigs/existing")).json()
+    existing["spec"]["strategy"] = doc["spec"]["strategy"]
+    response = await env.call("PUT", "buildconfigs/existing", json=existing)
+    assert response.status == 422
     assert await env.snapshot() == before
 
 
