@@ -48,12 +48,24 @@ def config(name: str, uri: str, image: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def buildah_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+def buildah_processes(server: TriggerdServer) -> list[str]:
+    """The buildah processes of ``server``'s builds, helpers (buildah-copier) included.
+
+    Scoped to the server: the runner starts each command in a session of its own, so a
+    process belongs to the server when its session leader's arguments name the server's
+    directory. Other tests' leftovers (and anything else on the machine) don't count.
+    """
+    out = subprocess.run(
+        ["ps", "-eww", "-o", "pid,sid,args"], capture_output=True, text=True
+    ).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    rows = [row for row in rows if len(row) == 3]
+    args_of = {pid: args for pid, _, args in rows}
+    root = str(server.data_dir)
     return [
-        line
-        for line in out.splitlines()[1:]
-        if " buildah " in f" {line} " or line.split(None, 1)[-1].startswith("buildah")
+        f"{pid} {args}"
+        for pid, sid, args in rows
+        if args.startswith("buildah") and root in args_of.get(sid, "") + " " + args
     ]
 
 
@@ -195,7 +207,7 @@ def test_cancel_running_build_stops_every_process(
     assert build["status"]["phase"] == "Cancelled"
     assert build["status"]["reason"] == "CancelledBuild"
     assert time.monotonic() - started < 5
-    wait_for(lambda: not buildah_processes(), timeout=5, what="buildah processes to end")
+    wait_for(lambda: not buildah_processes(triggerd), timeout=5, what="buildah processes to end")
 
 
 def test_deadline_fails_the_build(
@@ -217,7 +229,7 @@ def test_deadline_fails_the_build(
     build = triggerd.wait_build(triggerd.start_build("late"), timeout=60)
     assert build["status"]["phase"] == "Failed"
     assert build["status"]["reason"] == "ExceededRetryTimeout"
-    wait_for(lambda: not buildah_processes(), timeout=5, what="buildah processes to end")
+    wait_for(lambda: not buildah_processes(triggerd), timeout=5, what="buildah processes to end")
 
 
 def test_crash_during_build_ends_it_as_error_and_new_builds_run(
@@ -227,9 +239,12 @@ def test_crash_during_build_ends_it_as_error_and_new_builds_run(
     base_image: str,
 ) -> None:
     repo, name = start_sleeping_build(triggerd, registry, git_repo_factory, base_image, "crashy")
+    assert buildah_processes(triggerd)
     triggerd.kill()
-    wait_for(lambda: not buildah_processes(), timeout=10, what="orphaned buildah to die")
     triggerd.start()
+    # Whatever of the build outlived the crash, the restarted server kills the process group
+    # it recorded for the build.
+    wait_for(lambda: not buildah_processes(triggerd), timeout=10, what="orphaned buildah to die")
     build = triggerd.build(name)
     assert build["status"]["phase"] == "Error"
     assert "stopped while this build was running" in build["status"]["message"]
