@@ -4,23 +4,28 @@ Given a BuildConfig, the state of its ImageChange triggers (``lastTriggeredImage
 trigger) and the images those triggers currently resolve to, :func:`decide` says whether
 ONE build starts, with one cause per trigger that fired, the strategy's ``from`` pinned to
 ``repo@sha256:…`` when the trigger watching it fired, and the new trigger states to store
-with the build. :func:`find_cycle` refuses build chains that would rebuild themselves
-forever. Sits between the tag watcher / registry hooks and the engine; it must never do
-I/O, read the clock or start anything itself.
+with the build. Every build of a config records, in the annotation
+:data:`IMAGE_TRIGGERS_ANNOTATION`, the image each ImageChange trigger resolved to when it
+was created, so the trigger states can always be recovered from the builds themselves
+(:func:`states_from_builds`, :func:`reconcile`): after a crash between creating a build and
+writing the state, or on a new leader whose local state is stale. :func:`find_cycle`
+refuses build chains that would rebuild themselves forever. Sits between the tag watcher /
+registry hooks and the engine; it must never do I/O, read the clock or start anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from triggerd.errors import FieldError
 from triggerd.image_events import tag_key
 from triggerd.images import references
-from triggerd.model import buildconfigs, requests
+from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
 from triggerd.model.fields import Fields
 from triggerd.model.specs import ObjectReference, ReferenceKind, parse_reference
@@ -29,6 +34,16 @@ from triggerd.settings import parse_duration
 IMAGE_CHANGE_CAUSE = "Image change"
 #: The prefix of watch keys that name an ImageStreamTag rather than a registry tag.
 ISTAG_PREFIX = "istag:"
+#: On every Build of a config with ImageChange triggers: JSON ``{watch key: image id}``,
+#: the image each trigger had resolved to when the build was created ("" for a registry
+#: tag whose digest was not known yet: the build used whatever the tag pointed at).
+IMAGE_TRIGGERS_ANNOTATION = "triggerd.dev/image-triggers"
+#: The strategy options key whose ``from`` an empty ``imageChange.from`` watches.
+_STRATEGY_FIELDS = {
+    "docker": "spec.strategy.dockerStrategy.from",
+    "source": "spec.strategy.sourceStrategy.from",
+    "custom": "spec.strategy.customStrategy.from",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +69,9 @@ class TriggerState:
     last_triggered_image_id: str = ""
     last_trigger_time: datetime | None = None
     message: str = ""
+    #: a build already used this registry tag before its digest was known (a ConfigChange
+    #: or manual build): the first digest seen is recorded without building again
+    await_first: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,30 +110,33 @@ def check_triggers(config: buildconfigs.BuildConfig) -> list[FieldError]:
     return errors
 
 
-def _strategy_from(config: buildconfigs.BuildConfig) -> ObjectReference | None:
-    docker = config.spec.strategy.docker
-    return docker.from_image if docker is not None else None
+def strategy_from(config: buildconfigs.BuildConfig) -> tuple[ObjectReference | None, str]:
+    """The strategy's ``from`` (Docker, Source or Custom) and its field path."""
+    strategy = config.spec.strategy
+    for attr, path in _STRATEGY_FIELDS.items():
+        options = getattr(strategy, attr)
+        if options is not None:
+            ref: ObjectReference | None = options.from_image
+            return ref, path
+    return None, _STRATEGY_FIELDS["docker"]
 
 
 def _resolve(config: buildconfigs.BuildConfig) -> tuple[tuple[WatchedImage, ...], list[FieldError]]:
     fields = Fields()
     result: list[WatchedImage] = []
-    strategy_from = _strategy_from(config)
+    strategy_ref, strategy_path = strategy_from(config)
     for i, trigger in enumerate(config.triggers):
         if trigger.type is not buildconfigs.TriggerType.IMAGE_CHANGE:
             continue
         path = f"spec.triggers[{i}].imageChange"
         doc = fields.mapping(trigger.raw, "imageChange", path)
         from_doc = fields.mapping(doc, "from", f"{path}.from")
-        ref = parse_reference(from_doc, fields, f"{path}.from") if from_doc else strategy_from
+        ref = parse_reference(from_doc, fields, f"{path}.from") if from_doc else strategy_ref
         paused = fields.boolean(doc, "paused", f"{path}.paused")
         interval = _interval(doc, fields, f"{path}.pollInterval")
         if ref is None:
             if not from_doc:
-                fields.error(
-                    f"{path}.from",
-                    "is required when spec.strategy.dockerStrategy.from is not set",
-                )
+                fields.error(f"{path}.from", f"is required when {strategy_path} is not set")
             continue
         try:
             key = watch_key(ref, config.namespace)
@@ -125,7 +146,7 @@ def _resolve(config: buildconfigs.BuildConfig) -> tuple[tuple[WatchedImage, ...]
         if ref.kind is ReferenceKind.DOCKER_IMAGE and references.parse(ref.name).digest:
             fields.error(f"{path}.from.name", "a digest never moves: watch a tag")
             continue
-        is_from = strategy_from is not None and _same(strategy_from, ref, config.namespace)
+        is_from = strategy_ref is not None and _same(strategy_ref, ref, config.namespace)
         result.append(
             WatchedImage(
                 index=i,
@@ -237,10 +258,12 @@ def decide(
 ) -> Decision:
     """What the images in ``resolved`` (watch key → pinned image id) mean for ``config``.
 
-    Every unpaused trigger whose image id differs from its ``lastTriggeredImageID`` fires;
+    Every unpaused trigger whose image id differs from its ``lastTriggeredImageID`` fires
+    (so a tag moved back to an earlier digest, A → B → A, builds again, as in OpenShift);
     all that fire together make ONE build. A trigger that has never fired records its first
-    image without building when ``initial_build`` is off. A paused config or trigger (and
-    an image id already recorded) fires nothing and changes no state.
+    image without building when ``initial_build`` is off or when a build already used the
+    tag before its digest was known (``await_first``). A paused config or trigger (and an
+    image id already recorded) fires nothing and changes no state.
     """
     if config.paused:
         return Decision(request=None, fired=(), states=())
@@ -254,26 +277,184 @@ def decide(
         last = state.last_triggered_image_id if state else ""
         if last == image_id:
             continue
-        if not last and not initial_build:
-            seen_only.append(TriggerState(index=watched.index, last_triggered_image_id=image_id))
+        if not last and (not initial_build or (state is not None and state.await_first)):
+            seen_only.append(
+                TriggerState(
+                    index=watched.index,
+                    last_triggered_image_id=image_id,
+                    last_trigger_time=state.last_trigger_time if state else None,
+                    message=state.message if state else "",
+                )
+            )
             continue
         fired.append((watched, image_id))
     if not fired:
         return Decision(request=None, fired=(), states=tuple(seen_only))
     pin = next((image_id for w, image_id in fired if w.is_strategy_from), None)
-    request = requests.BuildRequest(
-        from_image=pinned_from(pin) if pin else None,
-        triggered_by=tuple(cause(w, image_id, config.namespace) for w, image_id in fired),
-    )
     new_states = tuple(
         TriggerState(index=w.index, last_triggered_image_id=image_id, last_trigger_time=now)
         for w, image_id in fired
+    )
+    after = {**states, **{s.index: s for s in (*seen_only, *new_states)}}
+    recorded = {
+        w.key: after[w.index].last_triggered_image_id
+        for w in watched_images(config)
+        if w.index in after and after[w.index].last_triggered_image_id
+    }
+    request = requests.BuildRequest(
+        from_image=pinned_from(pin) if pin else None,
+        triggered_by=tuple(cause(w, image_id, config.namespace) for w, image_id in fired),
+        annotations={IMAGE_TRIGGERS_ANNOTATION: encode_images(recorded)},
     )
     return Decision(
         request=request,
         fired=tuple(w.index for w, _ in fired),
         states=new_states + tuple(seen_only),
     )
+
+
+def is_image_change(request: requests.BuildRequest) -> bool:
+    """Whether ``request`` was made by :func:`decide` (it records its own trigger states)."""
+    return IMAGE_TRIGGERS_ANNOTATION in request.annotations and any(
+        "imageChangeBuild" in cause for cause in request.triggered_by
+    )
+
+
+def resolved_images(config: buildconfigs.BuildConfig, known: Mapping[str, str]) -> dict[str, str]:
+    """What a build made now (by hand, a webhook or a ConfigChange) uses, per watch key.
+
+    OpenShift records every ImageChange trigger's resolved image as its
+    ``lastTriggeredImageID`` whenever it instantiates a build, so the image a build
+    already used never starts another one. A registry tag whose digest is not known yet is
+    recorded as "" (the build pulls whatever the tag points at; the first digest seen
+    later is taken as that one); an ImageStreamTag without an image is left out.
+    """
+    images: dict[str, str] = {}
+    for watched in watched_images(config):
+        image_id = known.get(watched.key)
+        if image_id:
+            images[watched.key] = image_id
+        elif watched.from_ref.kind is ReferenceKind.DOCKER_IMAGE:
+            images.setdefault(watched.key, "")
+    return images
+
+
+def encode_images(images: Mapping[str, str]) -> str:
+    """The :data:`IMAGE_TRIGGERS_ANNOTATION` value for ``images`` (watch key → image id)."""
+    return json.dumps(dict(sorted(images.items())), separators=(",", ":"))
+
+
+def annotate(request: requests.BuildRequest, images: Mapping[str, str]) -> requests.BuildRequest:
+    """``request`` carrying ``images`` in :data:`IMAGE_TRIGGERS_ANNOTATION`."""
+    return replace(
+        request,
+        annotations={**request.annotations, IMAGE_TRIGGERS_ANNOTATION: encode_images(images)},
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltImage:
+    """What the newest build that names a watch key recorded for it."""
+
+    image_id: str
+    created: datetime | None
+    #: the build was started by this image (its lastTriggerTime is the build's creation)
+    triggered: bool
+
+
+def states_from_builds(builds_of_config: Iterable[builds.Build]) -> dict[str, BuiltImage]:
+    """Watch key → the image the newest build naming that key recorded.
+
+    Reads :data:`IMAGE_TRIGGERS_ANNOTATION`, and for builds made before it existed the
+    ``imageChangeBuild`` causes. Builds are the durable, shared record (the build store, or
+    Build resources every replica sees), created in the same write as the build itself.
+    """
+    found: dict[str, BuiltImage] = {}
+    for build in sorted(builds_of_config, key=lambda b: b.number, reverse=True):
+        fired: set[str] = set()
+        entries: dict[str, str] = {}
+        for cause_doc in build.triggered_by:
+            change = cause_doc.get("imageChangeBuild")
+            key = _cause_key(change, build.namespace) if isinstance(change, Mapping) else None
+            if key is not None and isinstance(change, Mapping):
+                fired.add(key)
+                entries[key] = str(change.get("imageID") or "")
+        text = build.meta.annotations.get(IMAGE_TRIGGERS_ANNOTATION)
+        if text:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(text)
+                if isinstance(doc, dict):
+                    entries.update({str(k): str(v) for k, v in doc.items() if isinstance(v, str)})
+        for key, image_id in entries.items():
+            if key not in found:
+                found[key] = BuiltImage(
+                    image_id=image_id,
+                    created=build.meta.creation_timestamp,
+                    triggered=key in fired,
+                )
+    return found
+
+
+def _cause_key(change: Mapping[str, Any], namespace: str) -> str | None:
+    ref = change.get("fromRef")
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
+        return None
+    try:
+        if ref.get("kind") == ReferenceKind.IMAGE_STREAM_TAG.value:
+            return f"{ISTAG_PREFIX}{ref.get('namespace') or namespace}/{ref['name']}"
+        return tag_key(references.parse(ref["name"]))
+    except ValueError:
+        return None
+
+
+def reconcile(
+    config: buildconfigs.BuildConfig,
+    local: Mapping[int, TriggerState],
+    built: Mapping[str, BuiltImage],
+) -> dict[int, TriggerState]:
+    """The trigger states: the locally stored ones, corrected by what the builds recorded.
+
+    A build's image wins unless the local state is newer than that build (the trigger
+    fired on another image since, e.g. after its ``from`` changed): the build record
+    covers a crash between creating a build and storing the state, and a new leader whose
+    local state is stale. Locally only a first sighting (no build) or an error message
+    is newer information, and both are kept.
+    """
+    result: dict[int, TriggerState] = dict(local)
+    for watched in watched_images(config):
+        mine = local.get(watched.index)
+        record = built.get(watched.key)
+        if record is None:
+            continue
+        if record.image_id:
+            if mine is not None and mine.last_triggered_image_id == record.image_id:
+                continue
+            if (
+                mine is not None
+                and mine.last_triggered_image_id
+                and mine.last_trigger_time is not None
+                and record.created is not None
+                and mine.last_trigger_time > record.created
+            ):
+                continue
+            result[watched.index] = TriggerState(
+                index=watched.index,
+                last_triggered_image_id=record.image_id,
+                last_trigger_time=(
+                    record.created
+                    if record.triggered
+                    else (mine.last_trigger_time if mine else None)
+                ),
+                message=mine.message if mine else "",
+            )
+        elif mine is None or not mine.last_triggered_image_id:
+            result[watched.index] = TriggerState(
+                index=watched.index,
+                last_trigger_time=mine.last_trigger_time if mine else None,
+                message=mine.message if mine else "",
+                await_first=True,
+            )
+    return result
 
 
 def status_entries(

@@ -5,21 +5,26 @@ registry tag or an ImageStreamTag) to the BuildConfigs whose ImageChange trigger
 feeds the distinct registry tags to :class:`~triggerd.images.watcher.TagWatcher`, takes
 registry notifications (confirming any digest it cannot trust with a HEAD), records new
 images in image streams (imports and builds that output to an ImageStreamTag), and for
-every affected BuildConfig asks :func:`triggerd.imagechange.decide` what to do. A build is
-started through the engine with a delivery key derived from (config, fired image ids), so
-the same digest can never start a second build even across a crash; trigger states are
-then written to :class:`~triggerd.images.streams_store.StreamsStore`. It takes the engine
-as a parameter and never reaches into its internals; it never parses provider JSON.
+every affected BuildConfig asks :func:`triggerd.imagechange.decide` what to do, under a
+per-config lock so a notification and a poll of the same move start one build.
+
+Dedup is OpenShift's: a trigger fires iff the image differs from its lastTriggeredImageID.
+Every Build records what its config's triggers resolved to (an annotation written in the
+same store write as the build), and the states are corrected from the builds before each
+decision, so neither a crash between creating a build and writing its state nor a change
+of leader starts a build twice. With leader election only the leader polls, follows
+BuildConfig changes and starts image change builds. It takes the engine as a parameter and
+never reaches into its internals; it never parses provider JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,67 +44,32 @@ from triggerd.errors import (
 from triggerd.image_events import ImagePush, Notification, tag_key
 from triggerd.images import references, streams_store
 from triggerd.images import watch_metrics as metrics
-from triggerd.images.registry_client import Credentials, RegistryClient, load_docker_config
-from triggerd.images.streams_store import StreamsStore
-from triggerd.images.watcher import TagWatcher
+from triggerd.images.registry_client import (
+    Credentials,
+    RegistryAuthError,
+    RegistryClient,
+    TagNotFound,
+    load_docker_config,
+)
+from triggerd.images.streams_store import ImportFailure, StreamsStore
+from triggerd.images.watcher import PollResult, TagWatcher
 from triggerd.model import buildconfigs, imagestreams, requests
-from triggerd.model.builds import Build, Phase
-from triggerd.model.specs import ReferenceKind
+from triggerd.model.builds import Build, Phase, Reason
+from triggerd.model.specs import ObjectReference, ReferenceKind
 from triggerd.settings import Settings
 from triggerd.store import base as stores
 
 log = logging.getLogger(__name__)
 
 ConfigId = tuple[str, str]
-DELIVERY_PREFIX = "imagechange:"
-
-
-def delivery_key(namespace: str, name: str, fired: Mapping[int, str]) -> str:
-    """The build store's dedup key for "these triggers of this config saw these images"."""
-    text = "|".join(f"{i}={fired[i]}" for i in sorted(fired))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:40]
-    return f"{DELIVERY_PREFIX}{namespace}/{name}:{digest}"
-
-
-async def start_image_change_build(
-    engine: Engine,
-    streams: StreamsStore,
-    config: buildconfigs.BuildConfig,
-    decision: imagechange.Decision,
-    *,
-    observed_at: float | None = None,
-    monotonic: Callable[[], float] = time.monotonic,
-) -> Build | None:
-    """Start the ONE build ``decision`` asks for and record the trigger states.
-
-    The build and the delivery record commit in one build-store transaction; a repeat of
-    the same (config, images) returns the existing build and creates nothing.
-    """
-    if decision.request is None:
-        if decision.states:
-            await streams.put_trigger_states(config.namespace, config.name, decision.states)
-        return None
-    fired = {
-        s.index: s.last_triggered_image_id for s in decision.states if s.index in decision.fired
-    }
-    result = await engine.start_builds(
-        [
-            StartRequest(
-                namespace=config.namespace, config_name=config.name, request=decision.request
-            )
-        ],
-        delivery=stores.Delivery(
-            key=delivery_key(config.namespace, config.name, fired), received=engine.clock()
-        ),
-    )
-    if result.duplicate:
-        # These images already started their build (a late or repeated event for an older
-        # digest): the recorded states are newer, keep them.
-        return result.builds[0] if result.builds else None
-    await streams.put_trigger_states(config.namespace, config.name, decision.states)
-    if observed_at is not None:
-        metrics.TRIGGER_LATENCY.observe(max(0.0, monotonic() - observed_at))
-    return result.builds[0] if result.builds else None
+#: Registry notification ids remembered, so a registry's retry of an event already acted
+#: on starts nothing (a retry is not a new push: a tag moved back to an earlier digest is).
+HANDLED_DELIVERIES = 10_000
+#: OpenShift's ImportSuccess reasons, by what the registry answered.
+_IMPORT_REASONS = {
+    PollResult.NOT_FOUND: "NotFound",
+    PollResult.AUTH_ERROR: "Unauthorized",
+}
 
 
 class ImageChangeRuntime:
@@ -138,10 +108,19 @@ class ImageChangeRuntime:
         self._locks: dict[ConfigId, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self._poll = True
+        self._handled: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._opened = False
         self._started = False
 
     # Life cycle ---------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica acts on images (always, without leader election)."""
+        leadership = self.engine.leadership
+        return leadership is None or leadership.is_leader
+
     async def _ensure_open(self) -> None:
         # The engine loads BuildConfig files inside its own start(), before this runtime is
         # started: the hooks it calls then must find the stream store open.
@@ -150,22 +129,59 @@ class ImageChangeRuntime:
             await self.streams.open()
 
     async def start(self, *, poll: bool = True) -> None:
-        """Open the stream store, index every config and stream, start polling."""
+        """Open the stream store, index every config and stream; poll if this replica leads."""
         await self._ensure_open()
         self._started = True
+        self._poll = poll
+        await self._reindex()
+        watch = getattr(self.engine.store, "watch_buildconfigs", None)
+        if watch is not None and self.engine.leadership is not None:
+            # BuildConfigs applied with kubectl never pass through any engine: every replica
+            # follows them (its index answers notifications); only the leader acts on them.
+            self._follow_task = asyncio.create_task(
+                self._follow_configs(watch), name="image change config watch"
+            )
+        if self.is_leader:
+            self._lead()
+
+    async def _reindex(self) -> None:
         for config in await self.engine.store.list_buildconfigs():
             self._index_config(config)
         for stream in await self.streams.list_streams():
             self._index_stream(stream)
         self._sync_watches()
-        if poll:
+
+    def _lead(self) -> None:
+        if self._poll and self._poll_task is None:
             self._poll_task = asyncio.create_task(self.watcher.run_forever(), name="tag watcher")
 
-    async def stop(self) -> None:
+    async def _stop_polling(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
+        self._poll_task = None
+
+    async def on_leadership(self, leader: bool) -> None:
+        """LeaderElector callback (wired by server.py): only the leader polls registries,
+        follows BuildConfig changes and starts image change builds."""
+        if not self._started:
+            return
+        if leader:
+            await self._reindex()
+            self._lead()
+        else:
+            await self._stop_polling()
+            # What this replica saw while leading is stale by the time it leads again.
+            self.watcher.forget_digests()
+
+    async def stop(self) -> None:
+        await self._stop_polling()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+            self._follow_task = None
         await self.drain()
         if self._opened:
             await self.streams.close()
@@ -178,11 +194,32 @@ class ImageChangeRuntime:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow_configs(self, watch: Callable[[], AsyncIterator[Any]]) -> None:
+        while True:
+            try:
+                async for event in watch():
+                    if event.type == "DELETED":
+                        await self.config_deleted(event.config.namespace, event.config.name)
+                    else:
+                        await self.config_changed(event.config, created=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following BuildConfigs for image change triggers failed")
+                await asyncio.sleep(1.0)
+
     # Index --------------------------------------------------------------------------------
     def _index_config(self, config: buildconfigs.BuildConfig) -> None:
         ident = (config.namespace, config.name)
         self._unindex_config(ident)
         watched = imagechange.watched_images(config)
+        if not watched:
+            return
         self._config_watches[ident] = watched
         for w in watched:
             self._by_key.setdefault(w.key, set()).add(ident)
@@ -256,12 +293,17 @@ class ImageChangeRuntime:
             raise Invalid(buildconfigs.KIND, config.name, errors)
 
     async def config_changed(self, config: buildconfigs.BuildConfig, *, created: bool) -> None:
-        """Re-index a stored config; a new one builds once when its images resolve."""
+        """Re-index a stored config and evaluate its triggers against the images known now.
+
+        A new config builds once when its images resolve (unless a ConfigChange build
+        already used them); a changed one (unpaused, a trigger now naming a tag already
+        watched) builds when an image differs from what its trigger last started.
+        """
         self._index_config(config)
         if not self._started:
             return  # start() indexes every stored config and polls their images first
         self._sync_watches()
-        if created:
+        if (config.namespace, config.name) in self._config_watches:
             await self.trigger(config, {}, observed_at=None)
 
     async def config_deleted(self, namespace: str, name: str) -> None:
@@ -270,15 +312,57 @@ class ImageChangeRuntime:
         await self._ensure_open()
         await self.streams.delete_trigger_states(namespace, name)
 
-    async def stream_changed(self, stream: imagestreams.ImageStream) -> None:
+    async def stream_changed(
+        self,
+        stream: imagestreams.ImageStream,
+        previous: imagestreams.ImageStream | None = None,
+    ) -> None:
+        """A stream was created or replaced: (re)start its scheduled imports and import,
+        once, every tag whose ``from`` is new (OpenShift imports a spec tag on create and
+        when it changes, scheduled or not)."""
         self._index_stream(stream)
         self._sync_watches()
+        before = {t.name: t.from_ref for t in previous.tags} if previous is not None else {}
         for tag in stream.tags:
-            if tag.scheduled and tag.from_ref is not None:
-                key = tag_key(references.parse(tag.from_ref.name))
-                digest = self.watcher.last_digest(key)
-                if digest:
-                    await self._import(stream.namespace, stream.name, tag.name, key, digest, None)
+            if tag.from_ref is None:
+                continue
+            key = tag_key(references.parse(tag.from_ref.name))
+            digest = self.watcher.last_digest(key)
+            if tag.scheduled and digest:
+                await self._import(stream.namespace, stream.name, tag.name, key, digest, None)
+            elif not tag.scheduled and before.get(tag.name) != tag.from_ref:
+                self._background(self.import_once(stream.namespace, stream.name, tag.name))
+
+    async def import_once(self, namespace: str, stream: str, tag: str) -> None:
+        """Import a spec tag's ``from`` now; a failure goes into the tag's conditions."""
+        try:
+            current = await self.streams.get_stream(namespace, stream)
+        except NotFound:
+            return
+        spec = next((t for t in current.tags if t.name == tag), None)
+        if spec is None or spec.from_ref is None:
+            return
+        ref = references.parse(spec.from_ref.name)
+        try:
+            digest = await self.client.head_digest(ref)
+        except (PermanentError, TemporaryError) as e:
+            reason = (
+                "NotFound"
+                if isinstance(e, TagNotFound)
+                else "Unauthorized"
+                if isinstance(e, RegistryAuthError)
+                else "InternalError"
+            )
+            await self._import_failed(namespace, stream, tag, reason, str(e))
+            return
+        await self._import(namespace, stream, tag, tag_key(ref), digest, None)
+
+    async def _import_failed(
+        self, namespace: str, stream: str, tag: str, reason: str, message: str
+    ) -> None:
+        log.info("import of %s/%s:%s failed: %s", namespace, stream, tag, message)
+        failure = ImportFailure(tag=tag, reason=reason, message=message, time=self.engine.clock())
+        await self.streams.set_import_failure(namespace, stream, tag, failure)
 
     async def stream_deleted(self, namespace: str, name: str) -> None:
         self._unindex_stream((namespace, name))
@@ -301,27 +385,45 @@ class ImageChangeRuntime:
     async def resolve_request(
         self, namespace: str, name: str, request: requests.BuildRequest
     ) -> requests.BuildRequest:
-        """Pin an ImageStreamTag strategy ``from`` to the stream's newest image.
+        """Resolve what a new build of ``name`` uses, as OpenShift does at instantiation.
 
-        A build started by hand (or by a webhook) of a config FROM an ImageStreamTag must
-        build on a concrete image, as OpenShift resolves it; without any image yet the
-        request is refused with a message naming the stream tag.
+        An ImageStreamTag strategy ``from`` (Docker, Source or Custom) is pinned to the
+        stream's newest image (refused, naming the stream tag, while it has none); an
+        ImageStreamTag output must name an existing stream (OpenShift's
+        InvalidOutputReference). A build not started by an image change records what every
+        ImageChange trigger resolves to now, so that image does not start another build.
         """
-        if request.from_image is not None:
-            return request
         await self._ensure_open()
         config = await self.engine.store.get_buildconfig(namespace, name)
-        docker = config.spec.strategy.docker
-        ref = docker.from_image if docker is not None else None
-        if ref is None or ref.kind is not ReferenceKind.IMAGE_STREAM_TAG:
+        await self._check_output(config)
+        ref, path = imagechange.strategy_from(config)
+        pinned: str | None = None
+        if request.from_image is None and ref is not None:
+            if ref.kind is ReferenceKind.IMAGE_STREAM_TAG:
+                pinned = await self._stream_image(ref, namespace, path)
+                request = replace(request, from_image=imagechange.pinned_from(pinned))
+        elif request.from_image is not None and not imagechange.is_image_change(request):
+            return request  # the caller chose the image; the triggers did not resolve it
+        if imagechange.is_image_change(request):
             return request
+        watched = imagechange.watched_images(config)
+        if not watched:
+            return request
+        known = await self._known_images(config)
+        if pinned is not None:
+            for w in watched:
+                if w.is_strategy_from:
+                    known[w.key] = pinned
+        return imagechange.annotate(request, imagechange.resolved_images(config, known))
+
+    async def _stream_image(self, ref: ObjectReference, namespace: str, path: str) -> str:
         stream_name, _, tag = ref.name.partition(":")
         stream_ns = ref.namespace or namespace
         try:
             stream = await self.streams.get_stream(stream_ns, stream_name)
         except NotFound as e:
             raise Conflict(
-                f"spec.strategy.dockerStrategy.from names ImageStreamTag {stream_ns}/{ref.name}, "
+                f"{path} names ImageStreamTag {stream_ns}/{ref.name}, "
                 "but that image stream does not exist"
             ) from e
         latest = stream.latest(tag)
@@ -329,16 +431,43 @@ class ImageChangeRuntime:
             raise Conflict(
                 f"ImageStreamTag {stream_ns}/{ref.name} has no image yet; build or import one first"
             )
-        return replace(request, from_image=imagechange.pinned_from(latest.docker_image_reference))
+        return latest.docker_image_reference
+
+    async def _check_output(self, config: buildconfigs.BuildConfig) -> None:
+        to = config.spec.output.to
+        if to is None or to.kind is not ReferenceKind.IMAGE_STREAM_TAG:
+            return
+        stream_name = to.name.partition(":")[0]
+        stream_ns = to.namespace or config.namespace
+        try:
+            await self.streams.get_stream(stream_ns, stream_name)
+        except NotFound as e:
+            reason = Reason.INVALID_OUTPUT_REFERENCE
+            raise Conflict(
+                f"{reason.value}: spec.output.to names ImageStreamTag {stream_ns}/{to.name}, "
+                f"but image stream {stream_ns}/{stream_name} does not exist; create it first"
+            ) from e
 
     async def status_entries(self, config: buildconfigs.BuildConfig) -> list[dict[str, Any]]:
         """``status.imageChangeTriggers`` for the API, with any watch error as message."""
         await self._ensure_open()
-        states = {
+        return imagechange.status_entries(config, await self._states(config, write=False))
+
+    async def _states(
+        self, config: buildconfigs.BuildConfig, *, write: bool
+    ) -> dict[int, imagechange.TriggerState]:
+        """The trigger states: exported, stored here, corrected by the config's builds."""
+        local = {
             **imagechange.read_states(config),
             **await self.streams.trigger_states(config.namespace, config.name),
         }
-        return imagechange.status_entries(config, states)
+        query = stores.BuildQuery(namespace=config.namespace, config_name=config.name)
+        built = imagechange.states_from_builds([b async for b in self.engine.all_builds(query)])
+        states = imagechange.reconcile(config, local, built)
+        changed = [s for i, s in states.items() if local.get(i) != s]
+        if write and changed:
+            await self.streams.put_trigger_states(config.namespace, config.name, changed)
+        return states
 
     # Events -------------------------------------------------------------------------------
     def submit(self, notification: Notification, *, trusted: bool) -> int:
@@ -348,9 +477,7 @@ class ImageChangeRuntime:
         """
         observed = self._monotonic()
         for push in notification.pushes:
-            task = asyncio.create_task(self._handle_safely(push, observed, trusted=trusted))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._handle_safely(push, observed, trusted=trusted))
         return len(notification.pushes)
 
     async def _handle_safely(self, push: ImagePush, observed: float, *, trusted: bool) -> None:
@@ -365,9 +492,16 @@ class ImageChangeRuntime:
         return key in self._by_key or key in self._imports
 
     async def handle_push(self, push: ImagePush, observed_at: float, *, trusted: bool) -> None:
-        """A tag moved (notification or poll): confirm the digest if needed, then act."""
+        """A tag moved (notification or poll): confirm the digest if needed, then act.
+
+        A notification the registry repeats (the same event id: distribution retries until
+        it gets a 2xx) is acted on once; a new push of an earlier digest is a new event.
+        """
         key = push.key
         if not self.watches(key):
+            return
+        handled = (push.source.value, push.delivery_id, key) if push.delivery_id else None
+        if handled is not None and handled in self._handled:
             return
         digest = push.digest if trusted and push.digest else None
         if digest is None:
@@ -377,6 +511,10 @@ class ImageChangeRuntime:
         if previous != digest:
             metrics.DIGESTS_SEEN.labels(push.source.value).inc()
         await self._moved(key, push.reference, digest, observed_at)
+        if handled is not None:
+            self._handled[handled] = None
+            while len(self._handled) > HANDLED_DELIVERIES:
+                self._handled.popitem(last=False)
 
     async def on_poll_change(self, push: ImagePush, observed_at: float) -> None:
         assert push.digest is not None
@@ -403,6 +541,7 @@ class ImageChangeRuntime:
         await self.record_stream_image(
             namespace, stream, tag, digest, str(ref.with_digest(digest)), observed_at
         )
+        await self.streams.set_import_failure(namespace, stream, tag, None)
 
     async def record_stream_image(
         self,
@@ -440,14 +579,19 @@ class ImageChangeRuntime:
         *,
         observed_at: float | None,
     ) -> Build | None:
-        """Decide for ``config`` with every image it watches as now known; start ≤ 1 build."""
+        """Decide for ``config`` with every image it watches as now known; start ≤ 1 build.
+
+        Under the config's lock, so a notification and a poll of one move decide one after
+        the other and the second sees the first's build. Only the leader acts.
+        """
+        if not self.is_leader:
+            return None
         ident = (config.namespace, config.name)
         async with self._locks.setdefault(ident, asyncio.Lock()):
             resolved = {**await self._known_images(config), **images}
-            states = {
-                **imagechange.read_states(config),
-                **await self.streams.trigger_states(config.namespace, config.name),
-            }
+            if not any(w.key in resolved for w in imagechange.watched_images(config)):
+                return None  # nothing resolved yet: nothing can fire
+            states = await self._states(config, write=True)
             decision = imagechange.decide(
                 config,
                 states,
@@ -455,29 +599,52 @@ class ImageChangeRuntime:
                 now=self.engine.clock(),
                 initial_build=self.initial_build,
             )
-            return await start_image_change_build(
-                self.engine,
-                self.streams,
-                config,
-                decision,
-                observed_at=observed_at,
-                monotonic=self._monotonic,
-            )
+            return await self._start(config, decision, observed_at)
 
-    async def trigger_index(
-        self, config: buildconfigs.BuildConfig, index: int, digest: str
+    async def _start(
+        self,
+        config: buildconfigs.BuildConfig,
+        decision: imagechange.Decision,
+        observed_at: float | None,
     ) -> Build | None:
-        """The engine-facing form: trigger ``index`` of ``config`` saw ``digest``."""
-        for w in imagechange.watched_images(config):
-            if w.index != index:
-                continue
-            if w.from_ref.kind is ReferenceKind.IMAGE_STREAM_TAG:
-                raise PermanentError(
-                    "an ImageStreamTag trigger is fired by its stream, not a digest"
+        """Start the ONE build ``decision`` asks for, then store the trigger states (the
+        build itself records them too: see :meth:`_states`)."""
+        if decision.request is None:
+            if decision.states:
+                await self.streams.put_trigger_states(
+                    config.namespace, config.name, decision.states
                 )
-            image_id = str(references.parse(w.from_ref.name).with_digest(digest))
-            return await self.trigger(config, {w.key: image_id}, observed_at=None)
-        raise NotFound("ImageChange trigger", f"{config.name}[{index}]")
+            return None
+        try:
+            result = await self.engine.start_builds(
+                [
+                    StartRequest(
+                        namespace=config.namespace,
+                        config_name=config.name,
+                        request=decision.request,
+                    )
+                ]
+            )
+        except (Conflict, Invalid) as e:
+            # Cannot be instantiated (an output stream that does not exist, a stream tag
+            # without an image): the triggers say why; a later image or change retries.
+            log.info("%s/%s: image change build not created: %s", config.namespace, config.name, e)
+            current = await self.streams.trigger_states(config.namespace, config.name)
+            await self.streams.put_trigger_states(
+                config.namespace,
+                config.name,
+                [
+                    replace(
+                        current.get(i) or imagechange.TriggerState(index=i), message=str(e)[:1000]
+                    )
+                    for i in decision.fired
+                ],
+            )
+            return None
+        await self.streams.put_trigger_states(config.namespace, config.name, decision.states)
+        if observed_at is not None:
+            metrics.TRIGGER_LATENCY.observe(max(0.0, self._monotonic() - observed_at))
+        return result.builds[0] if result.builds else None
 
     async def _known_images(self, config: buildconfigs.BuildConfig) -> dict[str, str]:
         known: dict[str, str] = {}
@@ -500,7 +667,8 @@ class ImageChangeRuntime:
         return known
 
     async def _on_watch_error(self, key: str, message: str) -> None:
-        """Put a watch error (auth, scope, missing tag) on every trigger that watches it."""
+        """Put a watch error (auth, scope, missing tag) on every trigger that watches it
+        and on every stream tag importing it; an empty message clears it."""
         for namespace, name in sorted(self._by_key.get(key, ())):
             watched = [w for w in self._config_watches.get((namespace, name), ()) if w.key == key]
             states = await self.streams.trigger_states(namespace, name)
@@ -511,15 +679,13 @@ class ImageChangeRuntime:
                 for w in watched
             ]
             await self.streams.put_trigger_states(namespace, name, updates)
-
-
-def configs_watching(configs: Iterable[buildconfigs.BuildConfig], key: str) -> list[ConfigId]:
-    """Which configs watch ``key`` (for callers without a runtime index, e.g. the CLI)."""
-    return [
-        (c.namespace, c.name)
-        for c in configs
-        if any(w.key == key for w in imagechange.watched_images(c))
-    ]
+        reason = self.watcher.last_error_reason(key)
+        for namespace, stream, tag in sorted(self._imports.get(key, ())):
+            if not message:
+                await self.streams.set_import_failure(namespace, stream, tag, None)
+            else:
+                label = _IMPORT_REASONS.get(reason, "InternalError") if reason else "InternalError"
+                await self._import_failed(namespace, stream, tag, label, message)
 
 
 def registry_access(

@@ -22,6 +22,19 @@ from triggerd.errors import FieldError, Invalid
 from triggerd.kube import KubernetesSettings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+#: The shortest registry poll interval accepted anywhere: below it the watcher would only
+#: be busy polling (0s would make it spin).
+MIN_POLL_INTERVAL_SECONDS = 1.0
+#: ``registryNotifications``: kind → the keys it takes (how a notification authenticates).
+#: GitHub deliveries are verified with the GitHub trigger secrets of the BuildConfigs;
+#: ``github.secret`` is an extra shared secret for deliveries no BuildConfig secret signs.
+NOTIFICATION_KEYS: Mapping[str, tuple[str, ...]] = {
+    "distribution": ("authorization",),
+    "harbor": ("authorization",),
+    "dockerhub": ("token",),
+    "quay": ("token",),
+    "github": ("secret",),
+}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -45,7 +58,9 @@ def parse_duration(text: str | int | float) -> float:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistrySettings:
-    insecure: bool = False  # plain HTTP / unverified TLS, for local registries
+    #: HTTPS without certificate verification, falling back to plain HTTP when the
+    #: registry does not speak TLS (as containers/image treats an insecure registry)
+    insecure: bool = False
     auth_file: str | None = None  # docker config JSON with credentials for this host
 
 
@@ -128,17 +143,17 @@ _SCALARS: Mapping[str, str] = {
     "maxBodyBytes": "posint",
     "bodyReadTimeout": "duration",
     "deliveryRetention": "duration",
-    "imagePollInterval": "duration",
+    "imagePollInterval": "pollinterval",
     "imageStreamRegistry": "str",
     "imageChangeInitialBuild": "bool",
-    "registryNotifications": "notifications",
+    "registryNotifications": "registrynotifications",
     "buildah": "buildah",
     "executor": "executor",
     "store": "storekind",
     "logLevel": "loglevel",
     "maxBinarySize": "posint",
     "maxBinaryFiles": "posint",
-    "configMaps": "notifications",
+    "configMaps": "stringmaps",
     "layerCacheRegistry": "str",
     "layerCacheMaxBytes": "posint",
     "layerCacheMaxAge": "duration",
@@ -149,6 +164,15 @@ _ATTRS = {
     "imagePollInterval": "image_poll_interval_seconds",
     "layerCacheMaxAge": "layer_cache_max_age_seconds",
 }
+
+
+class SettingError(ValueError):
+    """A problem below a setting: ``path`` is relative to it (``distrbution``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
 
 
 def env_name(key: str) -> str:
@@ -190,6 +214,9 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
             raw = environ[name]
             if _SCALARS[key] in ("strs", "paths") and not raw.lstrip().startswith("["):
                 doc[key] = [item for item in re.split(r"[,\s]+", raw) if item]
+            elif _SCALARS[key] in ("str", "path"):
+                # Taken as written: YAML would read "5000:30" as a number (base 60).
+                doc[key] = raw
             else:
                 try:
                     doc[key] = yaml.safe_load(raw) if raw else raw
@@ -199,6 +226,8 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
     for key, value in doc.items():
         try:
             values[_ATTRS.get(key, _snake(key))] = _convert(_SCALARS[key], value, base)
+        except SettingError as e:
+            errors.append(FieldError(f"{key}.{e.path}", e.message))
         except (ValueError, TypeError) as e:
             errors.append(FieldError(key, str(e)))
     if errors:
@@ -242,11 +271,18 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         return value
     if kind == "duration":
         return parse_duration(value)
+    if kind == "pollinterval":
+        seconds = parse_duration(value)
+        if seconds < MIN_POLL_INTERVAL_SECONDS:
+            raise ValueError(f"must be at least {MIN_POLL_INTERVAL_SECONDS:g}s, not {value!r}")
+        return seconds
     if kind == "registries":
         return {str(host): _registry(host, v, base) for host, v in _mapping(value).items()}
     if kind == "secrets":
         return {str(name): _secret(name, v, base) for name, v in _mapping(value).items()}
-    if kind == "notifications":
+    if kind == "registrynotifications":
+        return _notifications(value)
+    if kind == "stringmaps":
         result: dict[str, dict[str, str]] = {}
         for name, v in _mapping(value).items():
             result[str(name)] = {str(k): str(x) for k, x in _mapping(v).items()}
@@ -278,6 +314,29 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
             raise ValueError("must be debug, info, warning or error")
         return str(value).lower()
     raise AssertionError(kind)
+
+
+def _notifications(value: Any) -> dict[str, dict[str, str]]:
+    """``registryNotifications``: known kinds and keys only, non-empty string values (a typo
+    would otherwise load silently and every notification of that kind be refused)."""
+    kinds = ", ".join(NOTIFICATION_KEYS)
+    result: dict[str, dict[str, str]] = {}
+    for name, entry in _mapping(value).items():
+        kind = str(name)
+        allowed = NOTIFICATION_KEYS.get(kind)
+        if allowed is None:
+            raise SettingError(kind, f"unknown kind, expected one of {kinds}")
+        if not isinstance(entry, Mapping):
+            raise SettingError(kind, f"must be a mapping with {' or '.join(allowed)}")
+        values: dict[str, str] = {}
+        for key, text in entry.items():
+            if key not in allowed:
+                raise SettingError(f"{kind}.{key}", f"unknown key, expected {' or '.join(allowed)}")
+            if not isinstance(text, str) or not text:
+                raise SettingError(f"{kind}.{key}", "must be a non-empty string")
+            values[str(key)] = text
+        result[kind] = values
+    return result
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

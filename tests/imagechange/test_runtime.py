@@ -102,10 +102,12 @@ async def add_config(w: World, doc: dict[str, Any]) -> None:
     await w.runtime.config_changed(config, created=True)
 
 
-def push(w: World, repo: str, tag: str, digest: str | None) -> ImagePush:
+def push(
+    w: World, repo: str, tag: str, digest: str | None, delivery_id: str | None = None
+) -> ImagePush:
     return ImagePush(
         source=RegistryKind.DISTRIBUTION,
-        delivery_id=None,
+        delivery_id=delivery_id,
         registry=w.host,
         repository=repo,
         tag=tag,
@@ -440,19 +442,48 @@ async def test_hooks_called_before_start_only_index(tmp_path: Path, aiohttp_serv
         await engine.stop()
 
 
-async def test_a_late_event_for_an_older_digest_neither_builds_nor_regresses_state(
+async def test_a_retried_event_for_an_older_digest_neither_builds_nor_regresses_state(
     world: Factory,
 ) -> None:
     w = await world()
     old = w.registry.push("base", "latest")
     await add_config(w, image_config_doc("app", base=docker_ref(f"{w.host}/base:latest")))
-    await w.runtime.watcher.run_cycle()
+    await w.runtime.handle_push(push(w, "base", "latest", old, "event-1"), 0.0, trusted=True)
     new = w.registry.push("base", "latest")
-    await w.runtime.handle_push(push(w, "base", "latest", new), 0.0, trusted=True)
+    await w.runtime.handle_push(push(w, "base", "latest", new, "event-2"), 0.0, trusted=True)
     assert len(await w.builds("app")) == 2
-    # The registry's delayed retry of the first push arrives now.
-    await w.runtime.handle_push(push(w, "base", "latest", old), 0.0, trusted=True)
+    # The registry's delayed retry of the first push (same event id) arrives now.
+    await w.runtime.handle_push(push(w, "base", "latest", old, "event-1"), 0.0, trusted=True)
     assert len(await w.builds("app")) == 2
     config = await w.engine.store.get_buildconfig(NS, "app")
     (entry,) = await w.runtime.status_entries(config)
     assert entry["lastTriggeredImageID"] == f"{w.host}/base@{new}"
+
+
+async def test_a_tag_moved_back_to_an_earlier_digest_rebuilds(world: Factory) -> None:
+    """A → B → A: OpenShift compares with lastTriggeredImageID, so the rollback builds,
+    by poll and by a new notification alike, and the delivery store is not involved."""
+    w = await world()
+    a = w.registry.push("base", "latest")
+    manifest_a = w.registry.manifests[("base", "latest")]
+    await add_config(w, image_config_doc("app", base=docker_ref(f"{w.host}/base:latest")))
+    await w.runtime.watcher.run_cycle()
+    b = w.registry.push("base", "latest")
+    await w.runtime.watcher.run_cycle()
+    w.registry.manifests[("base", "latest")] = manifest_a  # rolled back to A
+    await w.runtime.watcher.run_cycle()
+    builds = await w.builds("app")
+    pins = [x.spec.strategy.docker.from_image.name for x in builds]  # type: ignore[union-attr]
+    assert pins == [f"{w.host}/base@{d}" for d in (a, b, a)]
+    # The registry's notification of that rollback push (a new event) starts nothing more:
+    # the poll already built A.
+    await w.runtime.handle_push(push(w, "base", "latest", a, "rollback"), 0.0, trusted=True)
+    assert len(await w.builds("app")) == 3
+    # And by notifications only: B again, then A again.
+    await w.runtime.handle_push(push(w, "base", "latest", b, "again-b"), 0.0, trusted=True)
+    await w.runtime.handle_push(push(w, "base", "latest", a, "again-a"), 0.0, trusted=True)
+    builds = await w.builds("app")
+    pins = [x.spec.strategy.docker.from_image.name for x in builds]  # type: ignore[union-attr]
+    assert pins[3:] == [f"{w.host}/base@{b}", f"{w.host}/base@{a}"]
+    # No delivery record was needed for any of it.
+    assert await w.engine.store.prune_deliveries(w.engine.clock()) == 0

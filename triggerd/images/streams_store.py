@@ -1,15 +1,17 @@
 """Image stream and image-change trigger state persistence, in its own SQLite file.
 
 Holds ImageStreams (spec as the user wrote it, status history as builds and imports add
-it) and ``status.imageChangeTriggers`` per BuildConfig (lastTriggeredImageID,
-lastTriggerTime, message). It is a separate file (``<dataDir>/imagestreams.db``) with its
-own connection rather than tables in the build store: the build store's schema and its
-group-commit writer belong to another module, and nothing here needs to join with builds.
-Atomicity of "build created ⇔ trigger fired" does not depend on this file: the runtime
-starts the build with a delivery key derived from (config, digest) in the build store's
-own transaction, so a crash between the two writes can never start a second build; this
-table is then brought up to date on the next event. Every write is committed
-(``synchronous=FULL``) before it returns. Runs blocking SQLite calls in a worker thread.
+it, and the failed-import condition of each tag) and ``status.imageChangeTriggers`` per
+BuildConfig (lastTriggeredImageID, lastTriggerTime, message). It is a separate file
+(``<dataDir>/imagestreams.db``) with its own connection rather than tables in the build
+store: the build store's schema and its group-commit writer belong to another module, and
+nothing here needs to join with builds. It is local to one process: with the Kubernetes
+store every replica has its own file. The trigger states here are therefore a cache: every
+Build records the images its config's triggers resolved to (an annotation written with the
+build), and the runtime corrects these states from the builds before deciding, which also
+covers a crash between creating a build and writing its state here. Every write is
+committed (``synchronous=FULL``) before it returns. Runs blocking SQLite calls in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,33 @@ _SCHEMA = (
         namespace TEXT NOT NULL, config TEXT NOT NULL, idx INTEGER NOT NULL,
         last_image_id TEXT NOT NULL, last_time TEXT, message TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (namespace, config, idx))""",
+    """CREATE TABLE IF NOT EXISTS tag_conditions (
+        namespace TEXT NOT NULL, stream TEXT NOT NULL, tag TEXT NOT NULL,
+        reason TEXT NOT NULL, message TEXT NOT NULL, time TEXT NOT NULL,
+        PRIMARY KEY (namespace, stream, tag))""",
 )
+#: Columns added after the first release: (table, column, definition).
+_ADDED_COLUMNS = (("trigger_states", "await_first", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportFailure:
+    """Why the last import of a stream tag failed (OpenShift's ``ImportSuccess`` False)."""
+
+    tag: str
+    reason: str  # NotFound, Unauthorized, InternalError
+    message: str
+    time: datetime
+
+    def to_condition(self) -> dict[str, str]:
+        """``status.tags[].conditions[]`` entry, in OpenShift's TagEventCondition shape."""
+        return {
+            "type": "ImportSuccess",
+            "status": "False",
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": metas.format_time(self.time),
+        }
 
 
 class StreamsStore:
@@ -61,6 +89,10 @@ class StreamsStore:
         conn.execute("PRAGMA busy_timeout = 5000")
         for statement in _SCHEMA:
             conn.execute(statement)
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._conn = conn
 
     async def close(self) -> None:
@@ -97,6 +129,15 @@ class StreamsStore:
 
     async def delete_stream(self, namespace: str, name: str) -> None:
         await self._run(_delete, namespace, name)
+
+    async def set_import_failure(
+        self, namespace: str, stream: str, tag: str, failure: ImportFailure | None
+    ) -> None:
+        """Record (or, with None, clear after a successful import) a tag's import failure."""
+        await self._run(_set_failure, namespace, stream, tag, failure)
+
+    async def import_failures(self, namespace: str, stream: str) -> dict[str, ImportFailure]:
+        return await self._run(_failures, namespace, stream)  # type: ignore[no-any-return]
 
     async def record_tag(
         self, namespace: str, name: str, tag: str, event: imagestreams.TagEvent
@@ -218,6 +259,37 @@ def _delete(conn: sqlite3.Connection, namespace: str, name: str) -> None:
     )
     if cursor.rowcount == 0:
         raise NotFound(imagestreams.KIND, name)
+    conn.execute("DELETE FROM tag_conditions WHERE namespace = ? AND stream = ?", (namespace, name))
+
+
+def _set_failure(
+    conn: sqlite3.Connection, namespace: str, stream: str, tag: str, failure: ImportFailure | None
+) -> None:
+    if failure is None:
+        conn.execute(
+            "DELETE FROM tag_conditions WHERE namespace = ? AND stream = ? AND tag = ?",
+            (namespace, stream, tag),
+        )
+        return
+    conn.execute(
+        "INSERT INTO tag_conditions (namespace, stream, tag, reason, message, time) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, stream, tag) DO UPDATE SET "
+        "reason = excluded.reason, message = excluded.message, time = excluded.time",
+        (namespace, stream, tag, failure.reason, failure.message, metas.format_time(failure.time)),
+    )
+
+
+def _failures(conn: sqlite3.Connection, namespace: str, stream: str) -> dict[str, ImportFailure]:
+    rows = conn.execute(
+        "SELECT tag, reason, message, time FROM tag_conditions WHERE namespace = ? AND stream = ?",
+        (namespace, stream),
+    ).fetchall()
+    result: dict[str, ImportFailure] = {}
+    for tag, reason, message, when in rows:
+        parsed = metas.parse_time(when)
+        if parsed is not None:
+            result[tag] = ImportFailure(tag=tag, reason=reason, message=message, time=parsed)
+    return result
 
 
 def _record(
@@ -246,7 +318,7 @@ def _record(
 
 def _states(conn: sqlite3.Connection, namespace: str, config: str) -> dict[int, TriggerState]:
     rows = conn.execute(
-        "SELECT idx, last_image_id, last_time, message FROM trigger_states "
+        "SELECT idx, last_image_id, last_time, message, await_first FROM trigger_states "
         "WHERE namespace = ? AND config = ?",
         (namespace, config),
     ).fetchall()
@@ -256,8 +328,9 @@ def _states(conn: sqlite3.Connection, namespace: str, config: str) -> dict[int, 
             last_triggered_image_id=last,
             last_trigger_time=metas.parse_time(when) if when else None,
             message=message,
+            await_first=bool(waiting),
         )
-        for idx, last, when, message in rows
+        for idx, last, when, message, waiting in rows
     }
 
 
@@ -269,9 +342,10 @@ def _put_states(
         for state in states:
             conn.execute(
                 "INSERT INTO trigger_states (namespace, config, idx, last_image_id, last_time, "
-                "message) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, config, idx) DO "
-                "UPDATE SET last_image_id = excluded.last_image_id, "
-                "last_time = excluded.last_time, message = excluded.message",
+                "message, await_first) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                "(namespace, config, idx) DO UPDATE SET last_image_id = excluded.last_image_id, "
+                "last_time = excluded.last_time, message = excluded.message, "
+                "await_first = excluded.await_first",
                 (
                     namespace,
                     config,
@@ -279,6 +353,7 @@ def _put_states(
                     state.last_triggered_image_id,
                     metas.format_time(state.last_trigger_time) if state.last_trigger_time else None,
                     state.message,
+                    int(state.await_first),
                 ),
             )
         conn.execute("COMMIT")

@@ -29,6 +29,7 @@ from triggerd.image_events import ImagePush, RegistryKind, tag_key
 from triggerd.images import references
 from triggerd.images import watch_metrics as metrics
 from triggerd.images.registry_client import RegistryAuthError, TagNotFound
+from triggerd.settings import MIN_POLL_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class _Watch:
     interval: float
     digest: str | None = None
     error: str = ""
+    #: the PollResult value of the error ("" when healthy)
+    reason: str = ""
     #: bumps on every reschedule so stale heap entries are skipped
     generation: int = 0
 
@@ -117,7 +120,7 @@ class TagWatcher:
                 del self._watches[key]
         now = self._clock()
         for key, (ref, interval) in wanted.items():
-            every = interval or self.default_interval
+            every = self._interval(interval)
             current = self._watches.get(key)
             if current is None:
                 self._watches[key] = _Watch(ref=ref, interval=every)
@@ -132,7 +135,7 @@ class TagWatcher:
         """Add one tag (if new, or at a shorter interval); returns its key."""
         key = tag_key(ref)
         current = self._watches.get(key)
-        every = interval or self.default_interval
+        every = self._interval(interval)
         if current is None:
             self._watches[key] = _Watch(ref=ref, interval=every)
             self._schedule(key, self._clock())
@@ -141,6 +144,11 @@ class TagWatcher:
         metrics.WATCHED_TAGS.set(len(self._watches))
         self._wake.set()
         return key
+
+    def _interval(self, interval: float | None) -> float:
+        # Settings and the API refuse shorter ones; this keeps any other caller from
+        # turning the loop into a busy one.
+        return max(MIN_POLL_INTERVAL_SECONDS, interval or self.default_interval)
 
     @property
     def keys(self) -> frozenset[str]:
@@ -153,6 +161,17 @@ class TagWatcher:
     def last_error(self, key: str) -> str:
         watch = self._watches.get(key)
         return watch.error if watch else ""
+
+    def last_error_reason(self, key: str) -> PollResult | None:
+        """What kind of error the last poll of ``key`` hit (None when it succeeded)."""
+        watch = self._watches.get(key)
+        return PollResult(watch.reason) if watch and watch.reason else None
+
+    def forget_digests(self) -> None:
+        """Forget every digest seen (a replica that stops leading must not act on what it
+        saw while it led: the next leader's knowledge is the truth). The schedule stays."""
+        for watch in self._watches.values():
+            watch.digest = None
 
     def note_digest(self, key: str, digest: str) -> None:
         """A notification confirmed ``digest``: the next poll need not report it again."""
@@ -200,17 +219,17 @@ class TagWatcher:
             self._back_off(key, watch, e)
             return PollResult.TEMPORARY_ERROR, None
         except RegistryAuthError as e:
-            await self._set_error(key, watch, str(e))
+            await self._set_error(key, watch, str(e), PollResult.AUTH_ERROR)
             return PollResult.AUTH_ERROR, None
         except TagNotFound as e:
-            await self._set_error(key, watch, str(e))
+            await self._set_error(key, watch, str(e), PollResult.NOT_FOUND)
             return PollResult.NOT_FOUND, None
         except PermanentError as e:
-            await self._set_error(key, watch, str(e))
+            await self._set_error(key, watch, str(e), PollResult.AUTH_ERROR)
             return PollResult.AUTH_ERROR, None
         self._recovered(host)
         if watch.error:
-            await self._set_error(key, watch, "")
+            await self._set_error(key, watch, "", None)
         previous = watch.digest
         if previous == digest:
             return PollResult.UNCHANGED, None
@@ -247,10 +266,13 @@ class TagWatcher:
                 await self._deliver(*change)
         return Counter(result for result, _ in polled)
 
-    async def _set_error(self, key: str, watch: _Watch, message: str) -> None:
+    async def _set_error(
+        self, key: str, watch: _Watch, message: str, reason: PollResult | None
+    ) -> None:
         if watch.error == message:
             return
         watch.error = message
+        watch.reason = reason.value if reason is not None else ""
         if self._on_error is not None:
             await self._on_error(key, message)
 

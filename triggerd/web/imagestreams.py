@@ -2,9 +2,10 @@
 
 Create, read, list, replace and delete the small ImageStream resource triggerd keeps
 (:mod:`triggerd.model.imagestreams`). Writes go to the stream store and then tell the image
-change runtime, which (re)starts the scheduled imports the stream asks for. The status
-(tag history) is server-owned: a replace keeps it. Errors are raised as
-:mod:`triggerd.errors` and answered by the shared error middleware.
+change runtime, which imports new spec tags once and (re)starts the scheduled imports the
+stream asks for. The status (tag history, and an ``ImportSuccess`` False condition on a tag
+whose last import failed, as OpenShift shows it) is server-owned: a replace keeps it.
+Errors are raised as :mod:`triggerd.errors` and answered by the shared error middleware.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from triggerd import errors
 from triggerd.model import imagestreams
+from triggerd.settings import MIN_POLL_INTERVAL_SECONDS
 from triggerd.web import errors as web_errors
 from triggerd.web.api import decode, namespace_of, read_body
 from triggerd.web.openapi import Endpoint, Reply
@@ -25,8 +27,21 @@ BASE = f"/apis/{GROUP}/v1/namespaces/{{namespace}}/imagestreams"
 _BODY_TYPES = ("application/json", "application/yaml")
 
 
-def _doc(request: web.Request, stream: imagestreams.ImageStream) -> dict[str, Any]:
-    return stream.to_dict(request.app[IMAGE_CHANGE].stream_registry)
+async def _doc(request: web.Request, stream: imagestreams.ImageStream) -> dict[str, Any]:
+    runtime = request.app[IMAGE_CHANGE]
+    doc = stream.to_dict(runtime.stream_registry)
+    failures = await runtime.streams.import_failures(stream.namespace, stream.name)
+    if failures:
+        tags: list[dict[str, Any]] = doc["status"]["tags"]
+        by_tag = {entry["tag"]: entry for entry in tags}
+        for tag, failure in sorted(failures.items()):
+            entry = by_tag.get(tag)
+            if entry is None:
+                entry = by_tag[tag] = {"tag": tag, "items": []}
+                tags.append(entry)
+            entry["conditions"] = [failure.to_condition()]
+        tags.sort(key=lambda entry: str(entry["tag"]))
+    return doc
 
 
 def _identity(doc: Any, namespace: str, name: str | None) -> Any:
@@ -48,6 +63,21 @@ def _identity(doc: Any, namespace: str, name: str | None) -> Any:
     return doc
 
 
+def _parse(doc: Any, namespace: str) -> imagestreams.ImageStream:
+    stream = imagestreams.parse(doc, default_namespace=namespace)
+    too_short = [
+        errors.FieldError(
+            f"spec.tags[{i}].importPolicy.pollInterval",
+            f"must be at least {MIN_POLL_INTERVAL_SECONDS:g}s",
+        )
+        for i, tag in enumerate(stream.tags)
+        if tag.interval is not None and tag.interval < MIN_POLL_INTERVAL_SECONDS
+    ]
+    if too_short:
+        raise errors.Invalid(imagestreams.KIND, stream.name, too_short)
+    return stream
+
+
 async def list_streams(request: web.Request) -> web.Response:
     """List ImageStreams."""
     namespace = namespace_of(request)
@@ -58,7 +88,7 @@ async def list_streams(request: web.Request) -> web.Response:
             "kind": "ImageStreamList",
             "apiVersion": f"{GROUP}/v1",
             "metadata": {"resourceVersion": str(max(versions, default=0))},
-            "items": [_doc(request, s) for s in streams],
+            "items": [await _doc(request, s) for s in streams],
         }
     )
 
@@ -68,10 +98,10 @@ async def create_stream(request: web.Request) -> web.Response:
     namespace = namespace_of(request)
     runtime = request.app[IMAGE_CHANGE]
     doc = _identity(decode(await read_body(request), request.content_type), namespace, None)
-    stream = imagestreams.parse(doc, default_namespace=namespace)
+    stream = _parse(doc, namespace)
     created = await runtime.streams.create_stream(stream, now=runtime.engine.clock())
     await runtime.stream_changed(created)
-    return web.json_response(_doc(request, created), status=201)
+    return web.json_response(await _doc(request, created), status=201)
 
 
 async def get_stream(request: web.Request) -> web.Response:
@@ -79,7 +109,7 @@ async def get_stream(request: web.Request) -> web.Response:
     namespace = namespace_of(request)
     runtime = request.app[IMAGE_CHANGE]
     stream = await runtime.streams.get_stream(namespace, request.match_info["name"])
-    return web.json_response(_doc(request, stream))
+    return web.json_response(await _doc(request, stream))
 
 
 async def replace_stream(request: web.Request) -> web.Response:
@@ -88,12 +118,13 @@ async def replace_stream(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     runtime = request.app[IMAGE_CHANGE]
     doc = _identity(decode(await read_body(request), request.content_type), namespace, name)
-    stream = imagestreams.parse(doc, default_namespace=namespace)
+    stream = _parse(doc, namespace)
+    previous = await runtime.streams.get_stream(namespace, name)
     replaced = await runtime.streams.replace_stream(
         stream, expected_resource_version=stream.meta.resource_version or None
     )
-    await runtime.stream_changed(replaced)
-    return web.json_response(_doc(request, replaced))
+    await runtime.stream_changed(replaced, previous)
+    return web.json_response(await _doc(request, replaced))
 
 
 async def delete_stream(request: web.Request) -> web.Response:

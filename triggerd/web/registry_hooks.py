@@ -2,22 +2,27 @@
 
 Each delivery is authenticated first — distribution and Harbor by a configured
 ``Authorization`` header value, Docker Hub and Quay by a token in the URL (``?token=``),
-GitHub by its HMAC signature with the GitHub trigger secrets of the BuildConfigs the push
-concerns (or ``registryNotifications.github.secret``) — all compared in constant time. The
-body is then parsed by :mod:`triggerd.intake.registries` and handed to the image change
-runtime, which confirms and acts in the background, so every parseable envelope is
-answered 202 at once; only unauthenticated (401) or unparseable (400/415) ones are
-refused. Never logs a token, header value or signature.
+GitHub by its ``X-Hub-Signature-256`` HMAC with the secret of any GitHub trigger of any
+BuildConfig (as GitHub's package webhooks are the same webhooks those triggers receive), or
+the optional shared ``registryNotifications.github.secret`` — all compared in constant
+time. The body is then parsed by :mod:`triggerd.intake.registries` and the pushes of tags
+something watches are handed to the image change runtime, which confirms and acts in the
+background, so every parseable envelope is answered 202 at once (a push of an image
+nothing watches says so); only unauthenticated (401) or unparseable (400/415) ones are
+refused. With leader election, a replica that does not lead answers 503 with Retry-After
+(registries retry; the next attempt may reach the leader, and polling catches any move
+anyway). Never logs a token, header value or signature.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from triggerd import errors, imagechange
-from triggerd.image_events import Notification, RegistryKind
+from triggerd import errors
+from triggerd.image_events import RegistryKind
 from triggerd.imagechange_runtime import ImageChangeRuntime
 from triggerd.images import watch_metrics as metrics
 from triggerd.intake import registries, signatures
@@ -32,6 +37,7 @@ IMAGE_CHANGE: web.AppKey[ImageChangeRuntime] = web.AppKey("triggerd.imagechange"
 HOOK_KINDS = tuple(k for k in RegistryKind if k is not RegistryKind.POLL)
 _HEADER_KINDS = frozenset({RegistryKind.DISTRIBUTION, RegistryKind.HARBOR})
 _TOKEN_KINDS = frozenset({RegistryKind.DOCKERHUB, RegistryKind.QUAY})
+NOTHING_WATCHES = "nothing watches this image"
 
 
 def _kind(request: web.Request) -> RegistryKind:
@@ -71,32 +77,36 @@ def _check_static(request: web.Request, kind: RegistryKind) -> None:
         signatures.verify_token(request.query.get("token"), expected, name="token parameter")
 
 
-async def _check_github(
-    request: web.Request, runtime: ImageChangeRuntime, body: bytes, note: Notification
-) -> None:
-    """HMAC with the configured secret, else with the GitHub secrets of concerned configs."""
-    secret = _configured(request, RegistryKind.GITHUB).get("secret", "")
-    candidates: list[str] = [secret] if secret else []
-    if not candidates:
-        keys = {p.key for p in note.pushes}
-        for config in await runtime.engine.store.list_buildconfigs():
-            if not any(w.key in keys for w in imagechange.watched_images(config)):
-                continue
-            for trigger in config.triggers:
-                if trigger.type is buildconfigs.TriggerType.GITHUB and trigger.webhook:
-                    value = runtime.engine.webhook_secret(trigger.webhook)
-                    if value:
-                        candidates.append(value)
+async def github_secrets(request: web.Request, runtime: ImageChangeRuntime) -> list[str]:
+    """Every secret a GitHub delivery may be signed with: the GitHub triggers' secrets
+    (inline or a named secret) of all BuildConfigs, and ``registryNotifications.github
+    .secret`` when set; each once."""
+    found: dict[str, None] = {}
+    shared = _configured(request, RegistryKind.GITHUB).get("secret", "")
+    if shared:
+        found[shared] = None
+    for config in await runtime.engine.store.list_buildconfigs():
+        for trigger in config.triggers:
+            if trigger.type is buildconfigs.TriggerType.GITHUB and trigger.webhook:
+                value = runtime.engine.webhook_secret(trigger.webhook)
+                if value:
+                    found.setdefault(value, None)
+    return list(found)
+
+
+async def _check_github(request: web.Request, runtime: ImageChangeRuntime, body: bytes) -> None:
+    """Verify the HMAC before anything in the body is believed."""
+    candidates = await github_secrets(request, runtime)
     if not candidates:
         raise errors.BadSignature(
-            "no secret to verify this GitHub package delivery: set "
-            "registryNotifications.github.secret or a GitHub trigger on a BuildConfig "
-            "that watches the image"
+            "no secret to verify this GitHub delivery: add a GitHub trigger with a secret "
+            "to a BuildConfig (or set registryNotifications.github.secret)"
         )
+    headers = dict(request.headers)
     failure: errors.BadSignature | None = None
     for candidate in candidates:
         try:
-            signatures.verify_github_headers(body, dict(request.headers), candidate)
+            signatures.verify_github_headers(body, headers, candidate)
             return
         except errors.BadSignature as e:
             failure = e
@@ -113,25 +123,35 @@ async def receive(request: web.Request) -> web.Response:
         if kind is not RegistryKind.GITHUB:
             _check_static(request, kind)
         body = await read_body(request)
-        note = registries.parse(kind, dict(request.headers), body, request.content_type)
         if kind is RegistryKind.GITHUB:
-            await _check_github(request, runtime, body, note)
+            await _check_github(request, runtime, body)
+        note = registries.parse(kind, dict(request.headers), body, request.content_type)
     except errors.BadSignature:
         metrics.NOTIFICATIONS.labels(kind.value, "unauthorized").inc()
         raise
     except (errors.MalformedPayload, errors.UnsupportedMediaType):
         metrics.NOTIFICATIONS.labels(kind.value, "malformed").inc()
         raise
+    if not runtime.is_leader:
+        metrics.NOTIFICATIONS.labels(kind.value, "not_leader").inc()
+        raise errors.TemporaryError(
+            "this replica does not lead; image change triggers act on the leader: retry",
+            delay=1.0,
+        )
+    watched = tuple(p for p in note.pushes if runtime.watches(p.key))
     # Distribution and Harbor are the registry itself, authenticated: their digest is the
     # pushed manifest's. Others name no digest, or one we cannot vouch for: confirm by HEAD.
     trusted = kind in _HEADER_KINDS or kind is RegistryKind.GITHUB
-    accepted = runtime.submit(note, trusted=trusted)
+    accepted = runtime.submit(replace(note, pushes=watched), trusted=trusted)
     metrics.NOTIFICATIONS.labels(kind.value, "accepted" if accepted else "ignored").inc()
+    message = f"{accepted} tag push(es) accepted, {note.ignored} event(s) ignored"
+    if note.pushes and not watched:
+        message += f"; {NOTHING_WATCHES}"
     body_out: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "status": "Success",
-        "message": f"{accepted} tag push(es) accepted, {note.ignored} event(s) ignored",
+        "message": message,
         "code": 202,
     }
     return web.json_response(body_out, status=202)
@@ -158,6 +178,7 @@ ROUTES: list[Endpoint] = [
             401: Reply(description="The notification is not authenticated."),
             404: Reply(description="Unknown notification kind."),
             415: Reply(description="Unsupported Content-Type."),
+            503: Reply(description="This replica does not lead; retry (Retry-After)."),
         },
     )
 ]
