@@ -2,8 +2,11 @@
 
 From :class:`triggerd.settings.Settings` it makes the SQLite store
 (``<dataDir>/triggerd.db``), the log store (``logsDir``, default ``<dataDir>/logs``), the
-local executor (workspaces in ``<dataDir>/workspaces``), the engine and the web application
-(REST API and webhook routes), then serves on ``settings.listen``. SIGHUP re-applies the BuildConfig
+local executor (workspaces in ``<dataDir>/workspaces``), the engine, the image change
+runtime (image streams and trigger states in ``<dataDir>/imagestreams.db``; with leader
+election it polls registries and acts on image changes only while this replica leads) and
+the web application (REST API, webhook and registry notification routes), then serves on
+``settings.listen``. SIGHUP re-applies the BuildConfig
 files (a bad file is logged and the configs already loaded stay); SIGTERM/SIGINT stop
 accepting connections, let in-flight requests finish and stop the engine. When no API
 token is configured it generates one, keeps it in ``<dataDir>/api-token`` (mode 0600) and
@@ -141,8 +144,6 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         leadership=leader,
         inputs=BinaryInputs(data_dir),
     )
-    if leader is not None:
-        leader.on_change = engine.on_leadership
     # The runtime opens its aiohttp session lazily, inside the running loop.
     image_change = create_runtime(
         engine,
@@ -150,6 +151,14 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         initial_build=settings.image_change_initial_build,
     )
     engine.image_change = image_change
+    if leader is not None:
+
+        async def on_leadership(leading: bool) -> None:
+            # Only the leader schedules builds, polls registries and acts on image changes.
+            await engine.on_leadership(leading)
+            await image_change.on_leadership(leading)
+
+        leader.on_change = on_leadership
     app = make_app(
         engine,
         logs,
