@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.imagechange.counting_registry import ACCEPT_ALL, CountingRegistry
 from triggerd.errors import PermanentError, TemporaryError
@@ -235,3 +242,74 @@ def test_parse_challenge() -> None:
         "insufficient_scope",
     )
     assert parse_challenge("Negotiate abc") is None
+
+
+# Insecure registries: unverified TLS first, plain HTTP as the fallback --------------------
+def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a certificate for 127.0.0.1 that nobody trusts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+async def test_an_insecure_plain_http_registry_is_reached_after_tls_fails(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    reg = CountingRegistry()
+    digest = reg.push("team/base", "latest")
+    host = await serve(reg)
+    client = RegistryClient(session, insecure=lambda h: h == host)
+    assert client.base_url(host) == f"https://{host}"  # TLS is tried first
+    assert await client.head_digest(ref(host, "team/base")) == digest
+    assert client.base_url(host) == f"http://{host}"  # and HTTP kept once it answered
+    reg.push("team/base", "latest")
+    assert await client.head_digest(ref(host, "team/base")) != digest
+    assert reg.counts["HEAD"] == 2
+    # Without `insecure` there is no fallback: plain HTTP is never used.
+    strict = RegistryClient(session)
+    with pytest.raises(TemporaryError, match="unreachable"):
+        await strict.head_digest(ref(host, "team/base"))
+    assert reg.counts["HEAD"] == 2
+
+
+async def test_an_insecure_tls_registry_is_used_without_verifying_its_certificate(
+    aiohttp_server: Any, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    reg = CountingRegistry()
+    digest = reg.push("team/base", "latest")
+    server: TestServer = await aiohttp_server(
+        reg.app(), host="127.0.0.1", ssl=self_signed_context(tmp_path)
+    )
+    host = f"127.0.0.1:{server.port}"
+    client = RegistryClient(session, insecure=lambda h: True)
+    assert await client.head_digest(ref(host, "team/base")) == digest
+    assert client.base_url(host) == f"https://{host}"  # no downgrade when TLS works
+    with pytest.raises(TemporaryError, match="Certificate"):
+        await RegistryClient(session).head_digest(ref(host, "team/base"))
+    assert reg.counts["HEAD"] == 1

@@ -4,7 +4,9 @@ Used by the tag watcher and to confirm registry notifications that carry no trus
 digest. ``head_digest`` sends ``HEAD /v2/<repo>/manifests/<tag>`` with an Accept header
 listing all four manifest types (so the registry answers with the digest of what was
 pushed, index or manifest) and reads ``Docker-Content-Digest``; only when a registry omits
-it does it GET the manifest and hash the body. Auth: anonymous, Basic from a docker config
+it does it GET the manifest and hash the body. A registry set ``insecure`` is tried over
+HTTPS without certificate verification first and, when TLS fails, over plain HTTP (as
+containers/image does); the scheme that worked is kept. Auth: anonymous, Basic from a docker config
 JSON (``auths``), or the Bearer token flow (401 challenge → token from realm with
 service and ``repository:<repo>:pull`` scope), tokens cached per (realm, service, scope)
 until shortly before they expire and refreshed on a 401. Failures are typed:
@@ -179,6 +181,8 @@ class RegistryClient:
         #: what each host asked for the last time it said 401
         self._challenges: dict[str, Challenge] = {}
         self._probe_locks: dict[str, asyncio.Lock] = {}
+        #: insecure registries: the scheme that answered ("https" unverified, or "http")
+        self._schemes: dict[str, str] = {}
         self.token_requests = 0
 
     @property
@@ -197,37 +201,76 @@ class RegistryClient:
 
     def base_url(self, registry: str) -> str:
         host = DOCKER_HUB_API if registry == references.DOCKER_HUB else registry
-        scheme = "http" if self._insecure(registry) else "https"
-        return f"{scheme}://{host}"
+        return f"{self._schemes.get(registry, 'https')}://{host}"
+
+    def _ssl(self, registry: str) -> bool:
+        """False: TLS without certificate verification (an insecure registry)."""
+        return not self._insecure(registry)
 
     async def head_digest(self, ref: references.ImageReference) -> str:
         """The digest ``ref``'s tag points at now (the index digest for multi-arch images)."""
         tag = ref.tag or "latest"
-        url = f"{self.base_url(ref.registry)}/v2/{ref.repository}/manifests/{tag}"
+        path = f"/v2/{ref.repository}/manifests/{tag}"
         if ref.registry not in self._challenges:
-            # The first request to a host learns how it authenticates; the others wait so
-            # that 10,000 tags cost one 401, not 10,000.
+            # The first request to a host learns how it authenticates (and, for an insecure
+            # one, its scheme); the others wait so that 10,000 tags cost one 401, not 10,000.
             async with self._probe_locks.setdefault(ref.registry, asyncio.Lock()):
-                return await self._head(ref, url, retried=False)
-        return await self._head(ref, url, retried=False)
+                return await self._head(ref, path, retried=False)
+        return await self._head(ref, path, retried=False)
 
-    async def _head(self, ref: references.ImageReference, url: str, *, retried: bool) -> str:
+    async def _send_head(
+        self, registry: str, url: str, headers: Mapping[str, str]
+    ) -> tuple[int, str, str, str | None]:
+        async with self._session.head(
+            url,
+            headers=headers,
+            timeout=self._timeout,
+            allow_redirects=True,
+            ssl=self._ssl(registry),
+        ) as resp:
+            return (
+                resp.status,
+                resp.headers.get("Docker-Content-Digest", ""),
+                resp.headers.get("WWW-Authenticate", ""),
+                resp.headers.get("Retry-After"),
+            )
+
+    async def _head_somewhere(
+        self, ref: references.ImageReference, path: str, headers: Mapping[str, str]
+    ) -> tuple[str, tuple[int, str, str, str | None]]:
+        """HEAD ``path`` at the registry; an insecure one falls back to plain HTTP."""
+        registry = ref.registry
+        url = self.base_url(registry) + path
+        try:
+            answer = await self._send_head(registry, url, headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            fallback = self._insecure(registry) and registry not in self._schemes
+            if not fallback:
+                raise TemporaryError(
+                    f"registry {registry} is unreachable: {type(e).__name__}"
+                ) from e
+            url = "http://" + url.removeprefix("https://")
+            try:
+                answer = await self._send_head(registry, url, headers)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e2:
+                raise TemporaryError(
+                    f"registry {registry} is unreachable over HTTPS ({type(e).__name__}) "
+                    f"and HTTP ({type(e2).__name__})"
+                ) from e2
+            self._schemes[registry] = "http"
+            return url, answer
+        if self._insecure(registry):
+            self._schemes.setdefault(registry, url.partition("://")[0])
+        return url, answer
+
+    async def _head(self, ref: references.ImageReference, path: str, *, retried: bool) -> str:
         headers = {"Accept": MANIFEST_ACCEPT}
         auth = await self._authorization(ref)
         if auth:
             headers["Authorization"] = auth
-        try:
-            async with self._session.head(
-                url, headers=headers, timeout=self._timeout, allow_redirects=True
-            ) as resp:
-                status = resp.status
-                digest = resp.headers.get("Docker-Content-Digest", "")
-                challenge_header = resp.headers.get("WWW-Authenticate", "")
-                retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise TemporaryError(
-                f"registry {ref.registry} is unreachable: {type(e).__name__}"
-            ) from e
+        url, (status, digest, challenge_header, retry_after) = await self._head_somewhere(
+            ref, path, headers
+        )
         if status == 200:
             self._challenges.setdefault(ref.registry, Challenge(scheme="none"))
             if digest:
@@ -247,7 +290,7 @@ class RegistryClient:
                 self._drop_token(ref, challenge)
             elif self._credentials(ref.registry) is None:
                 raise self._auth_error(ref, challenge, status)
-            return await self._head(ref, url, retried=True)
+            return await self._head(ref, path, retried=True)
         if status == 403:
             raise self._auth_error(ref, self._challenges.get(ref.registry), status)
         if status == 404:
@@ -262,7 +305,9 @@ class RegistryClient:
         self, ref: references.ImageReference, url: str, headers: Mapping[str, str]
     ) -> str:
         try:
-            async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, ssl=self._ssl(ref.registry)
+            ) as resp:
                 if resp.status != 200:
                     raise TemporaryError(f"registry {ref.registry} answered {resp.status} to GET")
                 body = await resp.read()
@@ -335,7 +380,12 @@ class RegistryClient:
         self.token_requests += 1
         try:
             async with self._session.get(
-                challenge.realm, params=params, headers=headers, timeout=self._timeout
+                challenge.realm,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                # An insecure registry's token service is trusted as little as the registry.
+                ssl=self._ssl(ref.registry),
             ) as resp:
                 status = resp.status
                 text = await resp.text() if status == 200 else ""
