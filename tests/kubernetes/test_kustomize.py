@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
+import yaml
 
 from tests import factories
 from tests.kubernetes import kustomize
@@ -312,3 +314,33 @@ def in_block(address: ipaddress.IPv4Address | ipaddress.IPv6Address, block: Mapp
     if address.version != network.version or address not in network:
         return False
     return not any(address in ipaddress.ip_network(e) for e in block.get("except") or [])
+
+
+def docs_patch() -> Doc:
+    """The pod-CIDR patch docs/kubernetes.md shows under "The build pods' network"."""
+    text = (MANIFESTS.parent / "docs/kubernetes.md").read_text(encoding="utf-8")
+    section = text[text.index("## The build pods' network") :]
+    start = section.index("```yaml") + len("```yaml")
+    block = section[start : section.index("```", start)]
+    doc: Doc = yaml.safe_load(textwrap.dedent(block))
+    return doc
+
+
+def test_the_documented_pod_cidr_patch_renders_and_closes_the_pod_range(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "networkpolicy-builds.yaml").write_text(yaml.safe_dump(docs_patch()))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [str(EXAMPLE)], "patches": [{"path": "networkpolicy-builds.yaml"}]}
+        )
+    )
+    docs = kustomize.build(overlay)
+    policy = one(docs, "NetworkPolicy")
+    validate(policy)
+    original = one(render_example(), "NetworkPolicy")
+    # the same rules as the base, with the pod range excepted
+    assert policy["spec"]["egress"][:2] == original["spec"]["egress"][:2]
+    blocks = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p]
+    assert not any(in_block(ipaddress.ip_address("10.244.3.7"), b) for b in blocks)
+    assert any(in_block(ipaddress.ip_address("140.82.112.3"), b) for b in blocks)
