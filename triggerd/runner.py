@@ -48,12 +48,14 @@ from triggerd.planning.plan import (
     ExtractArchive,
     GenerateS2IDockerfile,
     MakeDirectory,
+    MergeAuthFiles,
     MissingOutput,
     OutputName,
     Plan,
     PlanFormatError,
     ReadOutput,
     RunInImage,
+    S2IInput,
     Step,
     WriteFile,
     parse_captured,
@@ -65,6 +67,8 @@ from triggerd.planning.plan import (
 
 #: How long a stopped process group gets between SIGTERM and SIGKILL.
 KILL_GRACE_SECONDS = 2.0
+#: How long asking an http(s) S2I scripts location for one script may take.
+SCRIPT_PROBE_SECONDS = 30.0
 SNIPPET_LINES = 10
 _READ_CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
@@ -282,6 +286,8 @@ class PlanRun:
                 self._copy_into(action)
             elif isinstance(action, CopyFromImage):
                 await self._copy_from_image(action)
+            elif isinstance(action, MergeAuthFiles):
+                self._merge_auth_files(action)
         except OSError as e:
             raise StepError(f"{action.describe(self._outputs)}: {e.strerror or e}") from e
         except UnicodeDecodeError as e:
@@ -368,9 +374,14 @@ class PlanRun:
         text = path.read_bytes().decode("utf-8")
         workspace = str(self.workspace)
         labels = [(k, resolve(v, workspace, self._outputs)) for k, v in action.labels]
+        build_env = [(k, resolve(v, workspace, self._outputs)) for k, v in action.build_env]
         try:
             edited = dockerfile.edit(
-                text, from_image=action.from_image, env=action.env, labels=labels
+                text,
+                from_image=action.from_image,
+                env=action.env,
+                labels=labels,
+                appended_env=build_env,
             )
         except dockerfile.DockerfileError as e:
             raise StepError(f"{action.path}: {e}") from e
@@ -404,23 +415,11 @@ class PlanRun:
             await asyncio.shield(self._collect([*base, "rm", container], action.buildah))
 
     def _copy_into(self, action: CopyInto) -> None:
-        if os.path.isabs(action.source):
-            # A Secret or ConfigMap volume the pod mounts (planning.jobs): the kubelet's
-            # layout is key -> ..data/key -> ..<timestamp>/key, so a key is a symlink that
-            # must stay inside the volume; the ..-prefixed entries are its bookkeeping.
-            source = Path(os.path.realpath(action.source))
-        else:
-            source = self._inside(self._path(action.source))
-        for entry in sorted(source.iterdir()):
-            if entry.name.startswith(".."):
-                continue
-            real = Path(os.path.realpath(entry))
-            if entry.is_symlink() and source not in real.parents:
-                continue
-            if real.is_file():
-                # Owner-writable like the host's copies (0644), whatever the volume's mode.
-                mode = (real.stat().st_mode & 0o777) | 0o200
-                self._write(f"{action.destination}/{entry.name}", real.read_bytes(), mode)
+        source = self._input_source(action.source)
+        for name, real in _input_files(source):
+            # Owner-writable like the host's copies (0644), whatever the volume's mode.
+            mode = (real.stat().st_mode & 0o777) | 0o200
+            self._write(f"{action.destination}/{name}", real.read_bytes(), mode)
 
     async def _extract(self, action: ExtractArchive) -> None:
         destination = self._inside(self._path(action.destination), create=True)
@@ -458,23 +457,32 @@ class PlanRun:
             previous = await self._previous_image(action)
         workspace = str(self.workspace)
         labels_raw = config.get("Labels")
+        builder_labels = (
+            {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, dict) else {}
+        )
+        try:
+            s2i.check_scripts_url(action.scripts_url)
+        except s2i.S2IError as e:
+            raise StepError(str(e)) from e
+        downloadable = await self._probe_scripts(
+            s2i.download_bases(action.scripts_url, builder_labels)
+        )
         try:
             generated = s2i.generate(
                 s2i.Inputs(
                     builder_image=action.builder_image,
                     builder_user=str(config.get("User") or ""),
-                    builder_labels=(
-                        {str(k): str(v) for k, v in labels_raw.items()}
-                        if isinstance(labels_raw, dict)
-                        else {}
-                    ),
+                    builder_labels=builder_labels,
+                    builder_workdir=str(config.get("WorkingDir") or ""),
                     scripts_url=action.scripts_url,
                     source_scripts=source_scripts,
+                    downloadable=downloadable,
                     environment_file=environment,
                     env=[(k, resolve(v, workspace, self._outputs)) for k, v in action.env],
                     labels=[(k, resolve(v, workspace, self._outputs)) for k, v in action.labels],
                     incremental=action.incremental,
                     previous_image=previous,
+                    injections=[self._injection(i) for i in action.injections],
                 )
             )
         except s2i.S2IError as e:
@@ -485,6 +493,68 @@ class PlanRun:
         for line in generated.text.splitlines():
             self._line(f"    | {line}")
         self._write(action.output, generated.text.encode(), 0o644)
+
+    def _injection(self, item: S2IInput) -> s2i.Injection:
+        """The file names of an S2I input's directory (the same rules as CopyInto: a Job's
+        volume keys are symlinks that must stay inside it, ``..`` entries are the kubelet's
+        bookkeeping)."""
+        source = self._input_source(item.source)
+        files = tuple(name for name, _ in _input_files(source))
+        return s2i.Injection(
+            mount=item.mount,
+            destination_dir=item.destination_dir,
+            files=files,
+            remove=item.remove,
+            what=item.what,
+        )
+
+    def _input_source(self, source: str) -> Path:
+        if os.path.isabs(source):
+            # A Secret or ConfigMap volume the pod mounts (planning.jobs).
+            return Path(os.path.realpath(source))
+        return self._inside(self._path(source))
+
+    async def _probe_scripts(self, bases: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """Which S2I scripts each http(s) location serves (s2i downloads each and treats a
+        missing one as absent); buildah ADDs the ones found."""
+        if not bases:
+            return {}
+        import aiohttp  # only S2I builds with script URLs need an HTTP client
+
+        found: dict[str, frozenset[str]] = {}
+        timeout = aiohttp.ClientTimeout(total=SCRIPT_PROBE_SECONDS)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
+            for base in bases:
+                names: set[str] = set()
+                for name in s2i.SCRIPT_NAMES:
+                    url = f"{base}/{name}"
+                    try:
+                        async with session.get(url) as response:
+                            body = await response.content.read(1)
+                            status = response.status
+                    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                        self._line(f"    {name}: {redact(url)} could not be fetched ({e!r})")
+                        continue
+                    if status == 200 and body:
+                        names.add(name)
+                    else:
+                        self._line(f"    {name}: not at {redact(url)} (HTTP {status})")
+                found[base] = frozenset(names)
+        return found
+
+    def _merge_auth_files(self, action: MergeAuthFiles) -> None:
+        workspace = str(self.workspace)
+        auths: dict[str, Any] = {}
+        for arg in action.files:
+            auths.update(_read_auths(resolve(arg, workspace, self._outputs)))
+        for arg, repository in action.scoped:
+            entries = _read_auths(resolve(arg, workspace, self._outputs))
+            registry = repository.split("/", 1)[0]
+            for key, entry in entries.items():
+                if _auth_key_host(key) == registry:
+                    auths[repository] = entry
+                    break
+        self._write(action.output, json.dumps({"auths": auths}).encode(), 0o600)
 
     async def _previous_image(self, action: GenerateS2IDockerfile) -> str | None:
         """The image id of the last pushed output, or None when there is none yet."""
@@ -715,6 +785,41 @@ async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> 
             pending = pending[_MAX_LINE:]
     if pending:
         sink(pending + b"\n")
+
+
+def _input_files(source: Path) -> list[tuple[str, Path]]:
+    """(key, real file) of a secret's or config map's directory: a directory the executor
+    wrote, or a Job's volume, whose layout is key -> ..data/key -> ..<timestamp>/key; a
+    key is a regular file, or a symlink that stays inside the volume."""
+    found: list[tuple[str, Path]] = []
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith(".."):
+            continue
+        real = Path(os.path.realpath(entry))
+        if entry.is_symlink() and source not in real.parents:
+            continue
+        if real.is_file():
+            found.append((entry.name, real))
+    return found
+
+
+def _read_auths(path: str) -> dict[str, Any]:
+    """The ``auths`` of a registry auth file (``.dockercfg`` form, a bare map, accepted)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise StepError(f"{os.path.basename(path)} is not a registry auth file") from e
+    if isinstance(doc, dict) and isinstance(doc.get("auths"), dict):
+        return dict(doc["auths"])
+    return dict(doc) if isinstance(doc, dict) else {}
+
+
+def _auth_key_host(key: str) -> str:
+    """The registry of an auth file key (``host``, ``host/ns/repo``, ``https://host/v1/``)."""
+    for scheme in ("https://", "http://"):
+        if key.startswith(scheme):
+            key = key[len(scheme) :]
+    return key.split("/", 1)[0]
 
 
 def _copy_out_of_image(root: Path, source: str, target: Path) -> int:

@@ -60,6 +60,9 @@ def check(context: str = "source", dockerfile: str = "source/Dockerfile") -> str
 
 
 def edit(dockerfile: str = "source/Dockerfile", what: str = "add 10 labels") -> str:
+    # OpenShift's build metadata ENV is appended to every Docker build, before the labels.
+    head, sep, labels = what.rpartition("add ")
+    what = f"{head}add the OPENSHIFT_BUILD_* ENV; {sep}{labels}"
     return f"Build/DockerBuildFailed: {dockerfile} -> Dockerfile: {what}"
 
 

@@ -48,30 +48,67 @@ def build_command(plan: Plan) -> Command:
 
 def test_custom_strategy_plan() -> None:
     spec = docker()
+    spec["source"]["contextDir"] = "svc"
+    spec["source"]["sourceSecret"] = {"name": "git"}
+    spec["source"]["secrets"] = [{"secret": {"name": "in"}, "destinationDir": "x"}]
+    spec["source"]["configMaps"] = [{"configMap": {"name": "cm"}}]
     spec["strategy"] = {
         "type": "Custom",
         "customStrategy": {
             "from": {"kind": "DockerImage", "name": BASE},
             "env": [{"name": "X", "value": "1"}],
             "secrets": [{"secretSource": {"name": "s"}, "mountPath": "/var/run/s"}],
+            "pullSecret": {"name": "pull"},
         },
     }
     spec["output"]["pushSecret"] = {"name": "push"}
-    ctx = PlanContext(push_auth_file="secrets/push-auth.json", secret_dirs={"s": "secrets/s"})
+    ctx = PlanContext(
+        push_auth_file="secrets/push-auth.json",
+        pull_auth_file="secrets/pull-auth.json",
+        secret_dirs={"s": "secrets/s", "git": "secrets/git", "in": "/mnt/in"},
+        config_map_dirs={"cm": "secrets/cm"},
+    )
     plan = buildah.render(make_build(spec), ctx)
     run = plan.steps[-1].action
     assert isinstance(run, RunInImage)
     assert run.default_command and run.image == BASE
     env = dict(run.env)
-    assert env["OUTPUT_IMAGE"] == IMAGE
+    # OpenShift's addOutputEnvVars: the registry and the rest of the reference apart.
+    assert env["OUTPUT_IMAGE"] == "team/app:v1"
     assert env["OUTPUT_REGISTRY"] == "registry.example.com"
-    assert env["SOURCE_URI"] == "https://git.example.com/app.git"
+    assert env["SOURCE_URI"] == env["SOURCE_REPOSITORY"] == "https://git.example.com/app.git"
+    assert env["SOURCE_CONTEXT_DIR"] == "svc"
+    assert "SOURCE_REF" not in env  # no ref: unset, as OpenShift leaves it
+    assert env["SOURCE_SECRET_PATH"] == buildah.SOURCE_SECRET_DIR
     assert env["PUSH_DOCKERCFG_PATH"] == buildah.PUSH_DOCKERCFG_DIR
+    assert env["PULL_DOCKERCFG_PATH"] == buildah.PULL_DOCKERCFG_DIR
+    assert env["LANG"] == "en_US.utf8"
     assert env["X"] == "1"
     assert json.loads(str(env["BUILD"]))["kind"] == "Build"
-    assert (InWorkspace(path="secrets/s"), "/var/run/s") in run.mounts
+    assert set(run.mounts) == {
+        (InWorkspace(path="secrets/s"), "/var/run/s"),
+        (InWorkspace(path="secrets/git"), "/var/run/secrets/openshift.io/source"),
+        (InWorkspace(path="secrets/push-auth.json"),
+         "/var/run/secrets/openshift.io/push/.dockerconfigjson"),
+        (InWorkspace(path="secrets/pull-auth.json"),
+         "/var/run/secrets/openshift.io/pull/.dockerconfigjson"),
+        ("/mnt/in", "/var/run/secrets/openshift.io/build/in"),
+        (InWorkspace(path="secrets/cm"), "/var/run/configs/openshift.io/build/cm"),
+    }  # fmt: skip
     assert plan.stages == (StageName.FETCH_INPUTS, StageName.PULL_IMAGES, StageName.BUILD)
     roundtrip(plan)
+    # With a ref it is set; Docker Hub output names keep their repository path.
+    spec["source"]["git"]["ref"] = "dev"
+    spec["output"]["to"]["name"] = "busybox:1"
+    env = dict(_custom_run(buildah.render(make_build(spec), ctx)).env)
+    assert env["SOURCE_REF"] == "dev"
+    assert (env["OUTPUT_REGISTRY"], env["OUTPUT_IMAGE"]) == ("docker.io", "library/busybox:1")
+
+
+def _custom_run(plan: Plan) -> RunInImage:
+    run = plan.steps[-1].action
+    assert isinstance(run, RunInImage)
+    return run
 
 
 def test_custom_strategy_refuses_the_docker_socket() -> None:
@@ -162,11 +199,29 @@ def test_missing_volume_source_is_named() -> None:
         buildah.render(make_build(spec), PlanContext())
 
 
-def test_unresolved_image_stream_tag_builder_is_refused() -> None:
+@pytest.mark.parametrize("strategy", ["Docker", "Source", "Custom"])
+def test_image_stream_tag_builders_for_every_strategy(strategy: str) -> None:
+    """An ImageStreamTag ``from`` arrives resolved to a DockerImage (the image change
+    runtime pins it in the BuildRequest); one that did not is read where triggerd pushes
+    image streams. The same for every strategy and for source images."""
+    key = {"Docker": "dockerStrategy", "Source": "sourceStrategy", "Custom": "customStrategy"}
     spec = docker()
-    spec["strategy"] = {
-        "type": "Source",
-        "sourceStrategy": {"from": {"kind": "ImageStreamTag", "name": "python:3.11"}},
-    }
-    with pytest.raises(Unplannable, match=r"sourceStrategy\.from: ImageStreamTag references"):
+    reference = {"kind": "ImageStreamTag", "name": "python:3.11", "namespace": "shared"}
+    spec["strategy"] = {"type": strategy, key[strategy]: {"from": reference}}
+    spec["source"]["images"] = [
+        {"from": {"kind": "ImageStreamTag", "name": "tools:v1"},
+         "paths": [{"sourcePath": "/bin/x", "destinationDir": "t"}]}
+    ]  # fmt: skip
+    with pytest.raises(Unplannable, match=r"from: ImageStreamTag .* was not resolved") as info:
         buildah.render(make_build(spec), PlanContext())
+    assert info.value.reason is Reason.PULL_BUILDER_IMAGE_FAILED
+    plan = buildah.render(make_build(spec), PlanContext(image_stream_registry="reg.lan:5000"))
+    pulled = [c.argv[-1] for c in plan.commands() if "pull" in c.argv]
+    assert "reg.lan:5000/shared/python:3.11" in pulled
+    if strategy != "Custom":
+        assert "reg.lan:5000/team/tools:v1" in pulled
+    # Resolved (what a build of such a config carries): the pinned image, as named.
+    pinned = "reg.lan:5000/shared/python@sha256:" + "a" * 64
+    spec["strategy"][key[strategy]]["from"] = {"kind": "DockerImage", "name": pinned}
+    plan = buildah.render(make_build(spec), PlanContext(image_stream_registry="reg.lan:5000"))
+    assert pinned in [c.argv[-1] for c in plan.commands() if "pull" in c.argv]

@@ -58,21 +58,51 @@ def test_script_precedence_per_script() -> None:
     assert scripts["assemble"].origin is s2i.ScriptOrigin.SOURCE
     assert scripts["run"].origin is s2i.ScriptOrigin.IMAGE
     assert scripts["run"].location == "/usr/libexec/s2i/run"
-    # sourceStrategy.scripts wins over both.
-    url = s2i.resolve_scripts("https://example.com/s2i", frozenset({"assemble"}), LABELS)
-    assert url["assemble"].location == "https://example.com/s2i/assemble"
+    # sourceStrategy.scripts wins for the scripts it serves; the others fall back, each on
+    # its own, to .s2i/bin and then to the builder's label (s2i's order).
+    served = {URL: frozenset({"assemble", "run"})}
+    url = s2i.resolve_scripts(URL, frozenset({"assemble", "save-artifacts"}), LABELS, served)
+    assert url["assemble"].location == f"{URL}/assemble"
     assert url["assemble"].path_in_image == "/tmp/scripts/assemble"
+    assert url["run"].origin is s2i.ScriptOrigin.URL
+    assert url["save-artifacts"].origin is s2i.ScriptOrigin.SOURCE
+    only_run = s2i.resolve_scripts(URL, frozenset(), LABELS, {URL: frozenset({"run"})})
+    assert only_run["assemble"].location == "/usr/libexec/s2i/assemble"
+    assert only_run["run"].location == f"{URL}/run"
+    assert only_run["save-artifacts"].location == "/usr/libexec/s2i/save-artifacts"
+    # An image:// scripts URL is trusted to hold every script, as s2i trusts it.
     image = s2i.resolve_scripts("image:///opt/s2i", frozenset({"run"}), LABELS)
-    assert image["run"].location == "/opt/s2i/run"
+    assert {s.location for s in image.values()} == {
+        "/opt/s2i/assemble", "/opt/s2i/run", "/opt/s2i/save-artifacts",
+    }  # fmt: skip
+    # A label that is an http URL is asked like the scripts URL.
+    labelled = {s2i.SCRIPTS_URL_LABEL: URL}
+    assert s2i.download_bases("", labelled) == (URL,)
+    assert s2i.resolve_scripts("", frozenset(), labelled, {URL: frozenset({"run"})}).keys() == {
+        "run"
+    }
+
+
+URL = "https://example.com/s2i"
 
 
 def test_source_and_downloaded_scripts_are_copied_and_made_executable() -> None:
-    text = s2i.generate(inputs(scripts_url="https://example.com/s2i", builder_user="5")).text
-    assert "ADD --chown=5:0 https://example.com/s2i/assemble /tmp/scripts/assemble" in text
-    assert "RUN chmod 0755 /tmp/scripts/assemble /tmp/scripts/run" in text
+    served = {URL: frozenset(s2i.SCRIPT_NAMES)}
+    text = s2i.generate(inputs(scripts_url=URL, builder_user="5", downloadable=served)).text
+    assert f"ADD --chown=5:0 {URL}/assemble /tmp/scripts/assemble" in text
+    assert (
+        "RUN chmod 0755 /tmp/scripts/assemble /tmp/scripts/run /tmp/scripts/save-artifacts" in text
+    )
     assert text.rstrip().endswith("CMD /tmp/scripts/run")
     text = s2i.generate(inputs(source_scripts=frozenset({"run"}))).text
     assert "COPY --chown=1001:0 .s2i/bin/run /tmp/scripts/run" in text
+
+
+def test_scripts_url_that_serves_nothing_or_a_bad_scheme_is_refused() -> None:
+    with pytest.raises(s2i.S2IError, match=f"could not download any scripts from {URL}"):
+        s2i.generate(inputs(scripts_url=URL, downloadable={URL: frozenset()}))
+    with pytest.raises(s2i.S2IError, match="must be an image:///path or an http"):
+        s2i.generate(inputs(scripts_url="ftp://example.com/s2i"))
 
 
 def test_environment_file_then_config_env_wins() -> None:
@@ -101,16 +131,75 @@ def test_missing_scripts_are_named() -> None:
 def test_incremental_restores_artifacts_from_the_previous_image() -> None:
     generated = s2i.generate(inputs(incremental=True, previous_image="sha256:abc"))
     lines = generated.text.splitlines()
-    assert lines[1] == "FROM sha256:abc AS triggerd-artifacts"
+    assert lines[1:6] == [
+        "FROM sha256:abc AS triggerd-artifacts",
+        "USER root",
+        "RUN mkdir -p /tmp/triggerd-save/artifacts && chown -R 1001:0 /tmp/triggerd-save",
+        "USER 1001",
+        # OpenShift's guard: an image without save-artifacts restores nothing, and fails
+        # nothing.
+        "RUN if [ -s /usr/libexec/s2i/save-artifacts ]; then /usr/libexec/s2i/save-artifacts"
+        " > /tmp/triggerd-save/artifacts.tar; fi && if [ -s /tmp/triggerd-save/artifacts.tar ];"
+        " then tar -x -f /tmp/triggerd-save/artifacts.tar -C /tmp/triggerd-save/artifacts; fi",
+    ]
     assert (
-        "RUN cd /tmp/artifacts && /usr/libexec/s2i/save-artifacts | tar -x -f - -C /tmp/artifacts"
-        in lines
+        "COPY --from=triggerd-artifacts --chown=1001:0 /tmp/triggerd-save/artifacts "
+        "/tmp/artifacts" in lines
     )
-    assert "COPY --from=triggerd-artifacts --chown=1001:0 /tmp/artifacts /tmp/artifacts" in lines
     # Without a previous image (first build) the build is a plain one, and says so.
     first = s2i.generate(inputs(incremental=True))
     assert "triggerd-artifacts" not in first.text
     assert any("no previous image" in n for n in first.notes)
+
+
+def test_incremental_copies_a_save_artifacts_that_is_not_in_the_image() -> None:
+    # From .s2i/bin: copied into the artifacts stage (the previous image need not have it).
+    text = s2i.generate(
+        inputs(incremental=True, previous_image="sha256:abc",
+               source_scripts=frozenset({"save-artifacts"}))
+    ).text  # fmt: skip
+    stage = text.split("\nFROM ")[1]
+    assert "COPY --chown=1001:0 .s2i/bin/save-artifacts /tmp/scripts/save-artifacts" in stage
+    assert "chmod 0755 /tmp/scripts/save-artifacts" in stage
+    assert "if [ -s /tmp/scripts/save-artifacts ]" in stage
+    # From a URL: downloaded into the stage the same way.
+    served = {URL: frozenset({"assemble", "run", "save-artifacts"})}
+    text = s2i.generate(
+        inputs(incremental=True, previous_image="sha256:abc", scripts_url=URL,
+               downloadable=served)
+    ).text  # fmt: skip
+    stage = text.split("\nFROM ")[1]
+    assert f"ADD --chown=1001:0 {URL}/save-artifacts /tmp/scripts/save-artifacts" in stage
+
+
+def test_secrets_and_config_maps_go_to_the_working_directory() -> None:
+    injections = [
+        s2i.Injection(mount="/tmp/triggerd-inputs/configmap-0", destination_dir="conf",
+                      files=("level",), remove=False, what='config map "c"'),
+        s2i.Injection(mount="/tmp/triggerd-inputs/secret-0", destination_dir="",
+                      files=("token", "user name"), remove=True, what='secret "s"'),
+    ]  # fmt: skip
+    generated = s2i.generate(inputs(injections=injections, builder_workdir="/opt/app"))
+    lines = generated.text.splitlines()
+    # The assemble user can write where the inputs go (made and owned as root, no content).
+    assert (
+        "RUN mkdir -p /opt/app/conf && chown 1001:0 /opt/app/conf && "
+        "mkdir -p /opt/app && chown 1001:0 /opt/app" in lines
+    )
+    # One step copies them in, runs assemble and removes the secret's copies, whatever
+    # assemble's exit status: no layer ever holds the secret.
+    assert lines[-2] == (
+        "RUN set -e; cp /tmp/triggerd-inputs/configmap-0/level /opt/app/conf/level; "
+        "cp /tmp/triggerd-inputs/secret-0/token /opt/app/token; "
+        "cp '/tmp/triggerd-inputs/secret-0/user name' '/opt/app/user name'; "
+        "status=0; /usr/libexec/s2i/assemble || status=$?; "
+        "rm -f /opt/app/token '/opt/app/user name'; exit \"$status\""
+    )
+    assert 'secret "s": 2 files in /opt/app, removed after assemble' in generated.notes
+    # No WORKDIR in the builder: s2i's default.
+    text = s2i.generate(inputs(injections=injections[:1])).text
+    assert "cp /tmp/triggerd-inputs/configmap-0/level /opt/app-root/src/conf/level" in text
+    assert "rm -f" not in text
 
 
 def s2i_spec(**strategy: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import json
 import subprocess
 from typing import Any
@@ -38,17 +39,25 @@ def assert_secret_absent(env: ExecutorEnv, repo: str, tag: str) -> None:
         assert not name.endswith("/token"), name
 
 
-async def test_s2i_secret_is_mounted_for_assemble_and_absent_from_layers(
+async def test_s2i_secret_and_config_map_in_the_working_directory(
     env: ExecutorEnv, git_repo_factory: GitRepoFactory, builder_image: str,
     buildah_env: BuildahEnv,
 ) -> None:  # fmt: skip
+    """OpenShift's default destinationDir ("") with an assemble that copies /tmp/src
+    wholesale, as real builders do: the secret sits in the builder's working directory
+    (s2i's /opt/app-root/src for a builder without WORKDIR) while assemble runs, and is in
+    no layer of the image; the config map stays there."""
     repo = git_repo_factory(
         "s2i-secret",
         {
             "message": "m\n",
             ".s2i/bin/assemble": Executable(
                 "#!/bin/sh\nset -e\n"
-                f'test "$(wc -c < /tmp/src/creds/token)" -eq {len(SECRET)}\n'
+                # The digest, not the value: the script itself is in the image.
+                "sha256sum /opt/app-root/src/token | grep -q "
+                f"{hashlib.sha256(SECRET.encode()).hexdigest()}\n"
+                'test "$(cat /opt/app-root/src/conf/level)" = debug\n'
+                "cp -r /tmp/src/. /opt/app/\n"
                 "echo 'assemble read the secret' > /opt/app/used-secret\n"
             ),
         },
@@ -58,7 +67,8 @@ async def test_s2i_secret_is_mounted_for_assemble_and_absent_from_layers(
         "source": {
             "type": "Git",
             "git": {"uri": repo.git_url, "ref": "main"},
-            "secrets": [{"secret": {"name": "creds"}, "destinationDir": "creds"}],
+            "secrets": [{"secret": {"name": "creds"}}],
+            "configMaps": [{"configMap": {"name": "app-config"}, "destinationDir": "conf"}],
         },
         "strategy": {
             "type": "Source",
@@ -66,12 +76,21 @@ async def test_s2i_secret_is_mounted_for_assemble_and_absent_from_layers(
         },
         "output": {"to": {"kind": "DockerImage", "name": image}},
     }
-    executor = env.executor(env.settings(secrets=secrets()))
-    outcome = await executor.run(make_build(spec, "s2i-secret-1"), RecordingReporter())
+    settings = dataclasses.replace(
+        env.settings(secrets=secrets()), config_maps={"app-config": {"level": "debug"}}
+    )
+    outcome = await env.executor(settings).run(
+        make_build(spec, "s2i-secret-1"), RecordingReporter()
+    )
     log = env.logs.read("team", "s2i-secret-1").decode()
     assert isinstance(outcome, Succeeded), log
     assert SECRET not in log
+    assert 'secret "creds": 1 files in /opt/app-root/src, removed after assemble' in log
     assert run_in(buildah_env, image, "cat", "/opt/app/used-secret") == "assemble read the secret\n"
+    listing = run_in(buildah_env, image, "ls", "-A", "/opt/app-root/src", "/opt/app")
+    assert "token" not in listing.split()
+    assert "message" in listing.split()  # assemble copied the source (not hidden by a mount)
+    assert run_in(buildah_env, image, "cat", "/opt/app-root/src/conf/level") == "debug"
     assert_secret_absent(env, "inputs/s2i-secret", "v1")
 
 

@@ -7,14 +7,18 @@ looks at the pushed image: its config, and files read by running it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.executors.conftest import ExecutorEnv, RecordingReporter, make_build
+from tests.strategies.conftest import MINIMAL_SCRIPTS_DIR
 from tests.strategies.images import image_config, run_in
 from tests.support.buildah import BuildahEnv
 from tests.support.gitrepo import Executable, GitRepoFactory
+from tests.support.ports import free_port
 from triggerd.executors.base import Failed, Succeeded
 from triggerd.model.builds import Reason, StageName
 
@@ -145,3 +149,123 @@ async def test_builder_without_scripts_fails_with_a_clear_reason(
     assert outcome.reason is Reason.DOCKER_BUILD_FAILED
     assert "no assemble script" in outcome.message
     assert env.registry.head_digest("strategies/s2i-no-scripts", "v1") is None
+
+
+class ScriptServer:
+    """S2I scripts over HTTP on 127.0.0.1: ``/s2i/<name>`` for the scripts given, 404 for
+    the rest; counts the requests per path."""
+
+    def __init__(self, scripts: dict[str, str]) -> None:
+        self.scripts = scripts
+        self.port = free_port()
+        self.requests: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/s2i"
+
+    async def __aenter__(self) -> ScriptServer:
+        app = web.Application()
+        app.router.add_get("/s2i/{name}", self._serve)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests[name] = self.requests.get(name, 0) + 1
+        if name not in self.scripts:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.scripts[name].encode())
+
+
+URL_ASSEMBLE = """#!/bin/sh
+set -e
+echo "url assemble: uid $(id -u)"
+id -u > /tmp/src/assembled-by
+"""
+URL_RUN = """#!/bin/sh
+exec cat /tmp/src/message
+"""
+
+
+async def test_scripts_url_serving_only_assemble_and_run_with_a_non_root_builder(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, builder_image: str,
+    buildah_env: BuildahEnv, tmp_path: Path,
+) -> None:  # fmt: skip
+    # A builder whose image runs as a non-root user of its own (not OpenShift's 1001).
+    where = tmp_path / "user-builder"
+    where.mkdir()
+    (where / "Containerfile").write_text(f"FROM {builder_image}\nUSER 1002\n")
+    local = "localhost/triggerd-tests/s2i-user-builder:latest"
+    buildah_env.run("build", "--isolation", "chroot", "--tls-verify=false",
+                    "-f", str(where / "Containerfile"), "-t", local, str(where))  # fmt: skip
+    user_builder = env.registry.ref("builders/s2i-user-1002", "latest")
+    buildah_env.push(local, user_builder, creds=env.registry.auth)
+
+    repo = git_repo_factory("s2i-url-scripts", {"message": "served by url scripts\n"})
+    image = env.registry.ref("strategies/s2i-url-scripts", "v1")
+    async with ScriptServer({"assemble": URL_ASSEMBLE, "run": URL_RUN}) as scripts:
+        spec = s2i_spec(repo.git_url, user_builder, image, scripts=scripts.url, incremental=True)
+        outcome = await env.executor().run(make_build(spec, "url-1"), RecordingReporter())
+        log = env.logs.read("team", "url-1").decode()
+        assert isinstance(outcome, Succeeded), log
+        # Each script was asked for; save-artifacts falls back to the builder's label.
+        assert set(scripts.requests) == {"assemble", "run", "save-artifacts"}
+    assert f"assemble: url {scripts.url}/assemble" in log
+    assert f"save-artifacts: not at {scripts.url}/save-artifacts (HTTP 404)" in log
+    assert "save-artifacts: image /usr/libexec/s2i/save-artifacts" in log
+    assert "| USER 1002" in log
+    assert "url assemble: uid 1002" in log
+    config = image_config(env.registry, "strategies/s2i-url-scripts", "v1")
+    assert config["User"] == "1002"
+    assert config["Cmd"] == ["/bin/sh", "-c", "/tmp/scripts/run"]
+    assert run_in(buildah_env, image, "/tmp/scripts/run") == "served by url scripts\n"
+    assert run_in(buildah_env, image, "cat", "/tmp/src/assembled-by") == "1002\n"
+
+
+async def test_image_scripts_url_and_incremental_without_save_artifacts(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, builder_image: str,
+    buildah_env: BuildahEnv,
+) -> None:  # fmt: skip
+    repo = git_repo_factory("s2i-minimal", {"message": "m\n", "version": "v1\n"})
+    image = env.registry.ref("strategies/s2i-minimal", "latest")
+    spec = s2i_spec(
+        repo.git_url, builder_image, image, incremental=True,
+        scripts=f"image://{MINIMAL_SCRIPTS_DIR}",
+    )  # fmt: skip
+    executor = env.executor()
+    first = await executor.run(make_build(spec, "min-1"), RecordingReporter())
+    log1 = env.logs.read("team", "min-1").decode()
+    assert isinstance(first, Succeeded), log1
+    assert f"assemble: image {MINIMAL_SCRIPTS_DIR}/assemble" in log1
+    assert f"| RUN {MINIMAL_SCRIPTS_DIR}/assemble" in log1
+
+    # The scripts location has no save-artifacts: the previous image is there, but the
+    # guard makes restoring a no-op instead of a failed build.
+    second = await executor.run(make_build(spec, "min-2"), RecordingReporter())
+    log2 = env.logs.read("team", "min-2").decode()
+    assert isinstance(second, Succeeded), log2
+    assert "incremental: restoring artifacts from" in log2
+    assert "assemble: restored" not in log2
+
+    # A save-artifacts from the source (without the image:// scripts URL, which s2i trusts
+    # over .s2i/bin) is copied into the stage that runs it: the previous image never had it.
+    repo.commit(
+        {"version": "v3\n",
+         ".s2i/bin/save-artifacts": Executable("#!/bin/sh\ncd /opt/app && tar -cf - cache.txt\n")},
+        message="save artifacts",
+    )  # fmt: skip
+    spec = s2i_spec(repo.git_url, builder_image, image, incremental=True)
+    third = await executor.run(make_build(spec, "min-3"), RecordingReporter())
+    log3 = env.logs.read("team", "min-3").decode()
+    assert isinstance(third, Succeeded), log3
+    assert "save-artifacts: source .s2i/bin/save-artifacts" in log3
+    assert "assemble: restored v1" in log3  # min-2's cache.txt (from the unchanged version)
+    assert run_in(buildah_env, image, "cat", "/opt/app/cache.txt") == "v3\n"

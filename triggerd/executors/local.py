@@ -235,6 +235,9 @@ class LocalExecutor:
         ``path`` secret: that file under its own name), outside the build context."""
         custom = build.spec.strategy.custom
         names = {m.name for m in custom.secrets} if custom is not None else set()
+        if custom is not None and build.spec.source.source_secret:
+            # A custom builder fetches by itself: it gets the source secret's files.
+            names.add(build.spec.source.source_secret)
         names |= {s.name for s in build.spec.source.secrets}
         docker = build.spec.strategy.docker
         volumes = docker.volumes if docker is not None else ()

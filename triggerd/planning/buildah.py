@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from triggerd.errors import PermanentError
 from triggerd.images import references
+from triggerd.model import imagestreams
 from triggerd.model.builds import Build, Reason, StageName
 from triggerd.model.specs import (
     ContextInput,
@@ -43,7 +44,6 @@ from triggerd.model.specs import (
     VolumeSourceType,
 )
 from triggerd.planning import archives, dockerfile
-from triggerd.planning import s2i as s2i_module
 from triggerd.planning.plan import (
     REVISION_FORMAT,
     Action,
@@ -60,10 +60,12 @@ from triggerd.planning.plan import (
     GenerateS2IDockerfile,
     InWorkspace,
     MakeDirectory,
+    MergeAuthFiles,
     OutputName,
     Plan,
     ReadOutput,
     RunInImage,
+    S2IInput,
     Step,
     WriteFile,
     strip_credentials,
@@ -75,6 +77,12 @@ OUTPUTS_DIR = "outputs"
 DIGEST_FILE = f"{OUTPUTS_DIR}/digest"
 IMAGE_ID_FILE = f"{OUTPUTS_DIR}/image-id"
 REGISTRIES_CONF = "registries.conf"
+#: The auth file of a build that pulls with one set of credentials and pushes its layer
+#: cache with another (written by a MergeAuthFiles step, 0600, outside the context).
+BUILD_AUTH_FILE = "build-auth.json"
+#: Where an S2I build's secrets and config maps are mounted (read-only) for its RUN steps;
+#: outside /tmp/src, so an assemble that copies the source wholesale does not copy them.
+S2I_INPUTS_MOUNT = "/tmp/triggerd-inputs"  # noqa: S108 (a path inside the build container)
 #: The Dockerfile buildah reads: the build's own, edited (outside the context).
 EDITED_DOCKERFILE = "Dockerfile"
 #: Where unqualified names (``FROM busybox``) resolve, as on OpenShift and Docker.
@@ -112,6 +120,9 @@ class PlanContext:
     binary_limits: archives.Limits = field(default_factory=archives.Limits)
     #: Registry repository for this build's layer cache (--cache-from/--cache-to), or None.
     cache_repository: str | None = None
+    #: Credentials for pushing to (and pulling from) the cache repository: usually the push
+    #: credentials, since the cache lives where builds push. None: anonymous.
+    cache_auth_file: str | None = None
     #: Secret / config map name → directory with one file per key: one the executor wrote
     #: (workspace-relative) or where it mounted the volume (absolute).
     secret_dirs: Mapping[str, str] = field(default_factory=dict)
@@ -142,15 +153,14 @@ def render(build: Build, ctx: PlanContext) -> Plan:
     image = _output_image(build, ctx)
     image_labels = labels(build, ctx)
     if s2i is not None:
-        from_image: str | None = _builder_image(
-            _docker_image(s2i.from_image, "spec.strategy.sourceStrategy.from"),
-            "spec.strategy.sourceStrategy.from.name",
+        from_image: str | None = strategy_image(
+            build, s2i.from_image, "spec.strategy.sourceStrategy.from", ctx
         )
         env: tuple[tuple[str, str], ...] = tuple((e.name, e.value) for e in s2i.env)
         options = _BuildOptions(force_pull=s2i.force_pull)
     else:
         from_image = (
-            _builder_image(docker.from_image.name, "spec.strategy.dockerStrategy.from.name")
+            strategy_image(build, docker.from_image, "spec.strategy.dockerStrategy.from", ctx)
             if docker.from_image is not None
             else None
         )
@@ -217,29 +227,45 @@ def render(build: Build, ctx: PlanContext) -> Plan:
         )
 
     volumes: list[tuple[str, str]] = []
-    for config_map in source.config_maps:
+    injections: list[S2IInput] = []
+    if s2i is not None:
+        # OpenShift 4 puts them at destinationDir under the builder's working directory and
+        # deletes the secrets after assemble. Here they are mounted for the RUN steps only
+        # and the assemble step copies them in and removes the secrets' copies itself, so
+        # no layer ever holds one (OpenShift's COPY leaves them in a layer of their own).
+        kinds = (
+            ("configmap", "config map", ctx.config_map_dirs, source.config_maps, False),
+            ("secret", "secret", ctx.secret_dirs, source.secrets, True),
+        )
+        for kind, what, dirs, items, remove in kinds:
+            for index, item in enumerate(items):
+                directory = _input_dir(dirs, item, what)
+                mount = f"{S2I_INPUTS_MOUNT}/{kind}-{index}"
+                volumes.append((directory, mount))
+                injections.append(
+                    S2IInput(
+                        source=directory,
+                        mount=mount,
+                        destination_dir=item.destination_dir,
+                        remove=remove,
+                        what=f'{what} "{item.name}"',
+                    )
+                )
+    for config_map in source.config_maps if s2i is None else ():
         add(
             fetch,
             Reason.FETCH_SOURCE_FAILED,
             _copy_input(ctx.config_map_dirs, config_map, context_dir, "config map"),
         )
-    for secret in source.secrets:
-        if s2i is not None:
-            # Mounted for the RUN steps only (assemble sees them in /tmp/src/<dir>): they
-            # are never written to a layer, unlike OpenShift's copy-then-truncate.
-            directory = _input_dir(ctx.secret_dirs, secret, "secret")
-            volumes.append(
-                (directory, posixpath.join(s2i_module.SOURCE_DESTINATION, secret.destination_dir))
-            )
-        else:
-            # Docker strategy: in the context at destinationDir, as OpenShift does; a
-            # Dockerfile that COPYs them puts them in that layer (OpenShift documents the
-            # same), so RUN --mount or a multi-stage build keeps them out of the image.
-            add(
-                fetch,
-                Reason.FETCH_SOURCE_FAILED,
-                _copy_input(ctx.secret_dirs, secret, context_dir, "secret"),
-            )
+    for secret in source.secrets if s2i is None else ():
+        # Docker strategy: in the context at destinationDir, as OpenShift does; a
+        # Dockerfile that COPYs them puts them in that layer (OpenShift documents the
+        # same), so RUN --mount or a multi-stage build keeps them out of the image.
+        add(
+            fetch,
+            Reason.FETCH_SOURCE_FAILED,
+            _copy_input(ctx.secret_dirs, secret, context_dir, "secret"),
+        )
     if s2i is None:
         for volume in docker.volumes:
             dirs = (
@@ -257,9 +283,8 @@ def render(build: Build, ctx: PlanContext) -> Plan:
             volumes += [(volume_dir, destination) for destination in volume.destinations]
     options = dataclasses.replace(options, volumes=tuple(volumes))
     for index, image_source in enumerate(source.images):
-        pulled = _builder_image(
-            _docker_image(image_source.from_image, f"spec.source.images[{index}].from"),
-            f"spec.source.images[{index}].from.name",
+        pulled = strategy_image(
+            build, image_source.from_image, f"spec.source.images[{index}].from", ctx
         )
         image_auth = None
         if image_source.pull_secret:
@@ -323,6 +348,7 @@ def render(build: Build, ctx: PlanContext) -> Plan:
                     if s2i.incremental and image
                     else ()
                 ),
+                injections=tuple(injections),
             ),
         )
     else:
@@ -340,6 +366,19 @@ def render(build: Build, ctx: PlanContext) -> Plan:
                 from_image=from_image,
                 env=env,
                 labels=tuple(image_labels.items()),
+                build_env=build_environment(build),
+            ),
+        )
+    if ctx.cache_repository and ctx.cache_auth_file and options.uses_cache:
+        # One --authfile serves the build's pulls and its --cache-to push: the cache
+        # repository gets the push credentials, everything else keeps the pull ones.
+        add(
+            build_stage,
+            build_failed,
+            MergeAuthFiles(
+                output=BUILD_AUTH_FILE,
+                files=(_file_arg(ctx.pull_auth_file),) if ctx.pull_auth_file else (),
+                scoped=((_file_arg(ctx.cache_auth_file), ctx.cache_repository),),
             ),
         )
     add(build_stage, build_failed, _build(ctx, options, context_dir=context_dir, image=image))
@@ -362,18 +401,26 @@ def render(build: Build, ctx: PlanContext) -> Plan:
 
 #: What buildah prints when --cache-to could not push (measured with buildah 1.28).
 CACHE_PUSH_FAILED = "failed pushing cache to"
-#: Where a custom builder finds the push credentials (OpenShift's PUSH_DOCKERCFG_PATH).
+#: Where a custom builder finds its inputs: OpenShift's paths in a custom build pod.
 PUSH_DOCKERCFG_DIR = "/var/run/secrets/openshift.io/push"
+PULL_DOCKERCFG_DIR = "/var/run/secrets/openshift.io/pull"
+SOURCE_SECRET_DIR = "/var/run/secrets/openshift.io/source"  # noqa: S105 (a path)
+INPUT_SECRETS_BASE = "/var/run/secrets/openshift.io/build"
+INPUT_CONFIG_MAPS_BASE = "/var/run/configs/openshift.io/build"
 
 
 def render_custom(build: Build, custom: CustomStrategy, ctx: PlanContext) -> Plan:
     """The Custom strategy: run the builder image with OpenShift's build environment.
 
-    The builder fetches, builds and pushes by itself; triggerd provides BUILD (the Build as
-    JSON), OUTPUT_IMAGE/OUTPUT_REGISTRY, SOURCE_URI/SOURCE_REF/SOURCE_CONTEXT_DIR, the
-    strategy's env, its secrets mounted read-only, and the push credentials at
-    PUSH_DOCKERCFG_PATH. No Docker socket exists here, so exposeDockerSocket is refused,
-    as OpenShift 4 refuses it.
+    The builder fetches, builds and pushes by itself; triggerd provides what OpenShift's
+    custom build pod gets: BUILD (the Build as JSON), LANG, OUTPUT_REGISTRY and OUTPUT_IMAGE
+    (the output reference split in two, as OpenShift's addOutputEnvVars does),
+    SOURCE_REPOSITORY/SOURCE_URI, SOURCE_CONTEXT_DIR and SOURCE_REF when set, the source
+    secret at SOURCE_SECRET_PATH, the push and pull credentials at PUSH_DOCKERCFG_PATH and
+    PULL_DOCKERCFG_PATH, source.secrets under /var/run/secrets/openshift.io/build/<name>,
+    source.configMaps under /var/run/configs/openshift.io/build/<name>, the strategy's own
+    secrets at their mountPath and its env, all mounted read-only. No Docker socket exists
+    here, so exposeDockerSocket is refused, as OpenShift 4 refuses it.
     """
     if custom.expose_docker_socket:
         raise Unplannable(
@@ -382,31 +429,46 @@ def render_custom(build: Build, custom: CustomStrategy, ctx: PlanContext) -> Pla
             "without a Docker daemon (OpenShift 4 does not support it either); build with "
             "buildah inside the custom builder instead",
         )
-    builder = _builder_image(
-        _docker_image(custom.from_image, "spec.strategy.customStrategy.from"),
-        "spec.strategy.customStrategy.from.name",
-    )
+    builder = strategy_image(build, custom.from_image, "spec.strategy.customStrategy.from", ctx)
     image = _output_image(build, ctx)
     source = build.spec.source
     env: list[tuple[str, Arg]] = [
         ("BUILD", json.dumps(build.to_dict(), separators=(",", ":"), default=str)),
-        ("OUTPUT_IMAGE", image),
-        ("OUTPUT_REGISTRY", references.parse(image).registry if image else ""),
+        ("LANG", "en_US.utf8"),
         ("OPENSHIFT_BUILD_NAME", build.name),
         ("OPENSHIFT_BUILD_NAMESPACE", build.namespace),
     ]
     if source.git is not None:
-        env += [
-            ("SOURCE_REPOSITORY", source.git.uri),
-            ("SOURCE_URI", source.git.uri),
-            ("SOURCE_REF", source.git.ref),
-        ]
+        env += [("SOURCE_REPOSITORY", source.git.uri), ("SOURCE_URI", source.git.uri)]
     if source.context_dir:
         env.append(("SOURCE_CONTEXT_DIR", source.context_dir))
+    if source.git is not None and source.git.ref:
+        env.append(("SOURCE_REF", source.git.ref))
+    if image:
+        output = references.parse(image)
+        env += [("OUTPUT_REGISTRY", output.registry), ("OUTPUT_IMAGE", _without_registry(image))]
     mounts: list[tuple[Arg, str]] = []
+    if source.source_secret:
+        directory = ctx.secret_dirs.get(source.source_secret)
+        if directory is None:
+            raise Unplannable(
+                Reason.FETCH_SOURCE_FAILED,
+                f'source secret "{source.source_secret}" was not provided',
+            )
+        env.append(("SOURCE_SECRET_PATH", SOURCE_SECRET_DIR))
+        mounts.append((_file_arg(directory), SOURCE_SECRET_DIR))
     if build.spec.output.push_secret and ctx.push_auth_file:
         env.append(("PUSH_DOCKERCFG_PATH", PUSH_DOCKERCFG_DIR))
         mounts.append((_file_arg(ctx.push_auth_file), f"{PUSH_DOCKERCFG_DIR}/.dockerconfigjson"))
+    if custom.pull_secret and ctx.pull_auth_file:
+        env.append(("PULL_DOCKERCFG_PATH", PULL_DOCKERCFG_DIR))
+        mounts.append((_file_arg(ctx.pull_auth_file), f"{PULL_DOCKERCFG_DIR}/.dockerconfigjson"))
+    for secret in source.secrets:
+        directory = _input_dir(ctx.secret_dirs, secret, "secret")
+        mounts.append((_file_arg(directory), f"{INPUT_SECRETS_BASE}/{secret.name}"))
+    for config_map in source.config_maps:
+        directory = _input_dir(ctx.config_map_dirs, config_map, "config map")
+        mounts.append((_file_arg(directory), f"{INPUT_CONFIG_MAPS_BASE}/{config_map.name}"))
     for mount in custom.secrets:
         directory = ctx.secret_dirs.get(mount.name)
         if directory is None:
@@ -470,7 +532,8 @@ def post_commit(hook: PostCommit, ctx: PlanContext) -> RunInImage:
 
 
 def build_environment(build: Build) -> tuple[tuple[str, Arg], ...]:
-    """OpenShift's build metadata variables, set in S2I images as OpenShift does."""
+    """OpenShift's build metadata variables, set in Docker and S2I images as OpenShift does:
+    the commit is the fetched one for git, the one instantiatebinary was told otherwise."""
     source = build.spec.source
     env: list[tuple[str, Arg]] = [
         ("OPENSHIFT_BUILD_NAME", build.name),
@@ -481,6 +544,8 @@ def build_environment(build: Build) -> tuple[tuple[str, Arg], ...]:
         if source.git.ref:
             env.append(("OPENSHIFT_BUILD_REFERENCE", source.git.ref))
         env.append(("OPENSHIFT_BUILD_COMMIT", Captured(output=OutputName.COMMIT)))
+    elif (revision := build.spec.revision) is not None and revision.commit:
+        env.append(("OPENSHIFT_BUILD_COMMIT", revision.commit))
     return tuple(env)
 
 
@@ -499,6 +564,10 @@ class _BuildOptions:
     #: so the image is the base's layers plus one (buildah's --squash would also fold the
     #: base's layers in, measured with buildah 1.28); no layer cache for such builds.
     single_layer: bool = False
+
+    @property
+    def uses_cache(self) -> bool:
+        return not self.no_cache and not self.single_layer
 
 
 def _input_dir(dirs: Mapping[str, str], item: ContextInput, what: str) -> str:
@@ -611,7 +680,8 @@ def buildah_env() -> dict[str, Arg]:
 
 def labels(build: Build, ctx: PlanContext) -> dict[str, Arg]:
     """Image labels in increasing precedence: the server's, OpenShift's build labels, the
-    BuildConfig's output.imageLabels. Commit values come from the fetched revision."""
+    BuildConfig's output.imageLabels. Commit values come from the fetched revision (git) or
+    from the Build's spec.revision (binary builds: instantiatebinary's revision.*)."""
     result: dict[str, Arg] = dict(ctx.labels)
     source = build.spec.source
     result[_LABEL_PREFIX + "name"] = build.name
@@ -630,11 +700,29 @@ def labels(build: Build, ctx: PlanContext) -> dict[str, Arg]:
         result[_LABEL_PREFIX + "source-location"] = location
         result["org.opencontainers.image.source"] = location
         result["org.opencontainers.image.revision"] = Captured(output=OutputName.COMMIT)
+    elif build.spec.revision is not None:
+        # A binary build's revision.* (instantiatebinary's query, `start-build --from-repo`).
+        revision = build.spec.revision
+        author = revision.author
+        for key, value in (
+            ("commit.author", _user_text(author.name, author.email) if author else ""),
+            ("commit.id", revision.commit),
+            ("commit.message", revision.message.splitlines()[0] if revision.message else ""),
+        ):
+            if value:
+                result[_LABEL_PREFIX + key] = value
+        if revision.commit:
+            result["org.opencontainers.image.revision"] = revision.commit
     if source.context_dir:
         result[_LABEL_PREFIX + "source-context-dir"] = source.context_dir
     for label in build.spec.output.image_labels:
         result[label.name] = label.value
     return result
+
+
+def _user_text(name: str, email: str) -> str:
+    """``Name <email>``, as OpenShift's commit.author label (and the git capture) write it."""
+    return f"{name} <{email}>" if email else name
 
 
 def _build(ctx: PlanContext, options: _BuildOptions, *, context_dir: str, image: str) -> Command:
@@ -650,14 +738,18 @@ def _build(ctx: PlanContext, options: _BuildOptions, *, context_dir: str, image:
     # vfs) in the shared storage.
     argv += ["--force-rm"]
     argv += ["--pull=always" if options.force_pull else "--pull=missing"]
-    if ctx.pull_auth_file:
-        argv += ["--authfile", _file_arg(ctx.pull_auth_file)]
+    cache: list[Arg] = []
+    if ctx.cache_repository and options.uses_cache:
+        cache = ["--cache-from", ctx.cache_repository, "--cache-to", ctx.cache_repository]
+    if cache and ctx.cache_auth_file:
+        auth: Arg | None = InWorkspace(path=BUILD_AUTH_FILE)
+    else:
+        auth = _file_arg(ctx.pull_auth_file) if ctx.pull_auth_file else None
+    if auth is not None:
+        argv += ["--authfile", auth]
     argv += ["--file", InWorkspace(path=EDITED_DOCKERFILE)]
     # The exact image built, for the post-commit hook (a tag could move meanwhile).
     argv += ["--iidfile", InWorkspace(path=IMAGE_ID_FILE)]
-    cache: list[Arg] = []
-    if ctx.cache_repository and not options.no_cache and not options.single_layer:
-        cache = ["--cache-from", ctx.cache_repository, "--cache-to", ctx.cache_repository]
     for name, value in options.build_args:
         argv += ["--build-arg", f"{name}={value}"]
     for directory, destination in options.volumes:
@@ -735,16 +827,33 @@ def _output_image(build: Build, ctx: PlanContext) -> str:
     return str(ref)
 
 
-def _docker_image(reference: ObjectReference, path: str) -> str:
-    """The name of a DockerImage reference; an ImageStreamTag here was not resolved to an
-    image before planning (only dockerStrategy.from is, by the image-change runtime)."""
-    if reference.kind is not ReferenceKind.DOCKER_IMAGE:
-        raise Unplannable(
-            Reason.PULL_BUILDER_IMAGE_FAILED,
-            f"{path}: {reference.kind.value} references are only resolved for "
-            "dockerStrategy.from; name a DockerImage here",
-        )
-    return reference.name
+def strategy_image(build: Build, reference: ObjectReference, path: str, ctx: PlanContext) -> str:
+    """The image a strategy's ``from`` (or a source image) names, for every strategy alike.
+
+    A DockerImage is used as named: that is also what an ImageStreamTag arrives as once the
+    image change runtime resolved it for the build (it pins the stream's newest image in
+    the BuildRequest). An ImageStreamTag that reached planning unresolved is read from
+    where triggerd pushes image streams, ``<imageStreamRegistry>/<namespace>/<stream>:<tag>``
+    (the counterpart of an ImageStreamTag output).
+    """
+    if reference.kind is ReferenceKind.DOCKER_IMAGE:
+        return _builder_image(reference.name, f"{path}.name")
+    namespace = reference.namespace or build.namespace
+    if reference.kind is ReferenceKind.IMAGE_STREAM_TAG and ctx.image_stream_registry:
+        stream, _, tag = reference.name.partition(":")
+        name = f"{imagestreams.repository(ctx.image_stream_registry, namespace, stream)}:{tag}"
+        return _builder_image(name, f"{path}.name")
+    raise Unplannable(
+        Reason.PULL_BUILDER_IMAGE_FAILED,
+        f"{path}: {reference.kind.value} {namespace}/{reference.name} was not resolved to an "
+        "image and the imageStreamRegistry setting is not set",
+    )
+
+
+def _without_registry(image: str) -> str:
+    """``registry/repo:tag`` without the registry (OpenShift's OUTPUT_IMAGE)."""
+    ref = references.parse(image)
+    return str(ref)[len(ref.registry) + 1 :]
 
 
 def _builder_image(name: str, path: str) -> str:

@@ -224,6 +224,8 @@ class EditDockerfile:
     from_image: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, Arg], ...] = ()
+    #: OpenShift's build metadata (OPENSHIFT_BUILD_*): one ENV line at the end
+    build_env: tuple[tuple[str, Arg], ...] = ()
 
     def describe(self, outputs: Mapping[OutputName, str]) -> str:
         parts = []
@@ -231,6 +233,8 @@ class EditDockerfile:
             parts.append(f"replace the last FROM with {self.from_image}")
         if self.env:
             parts.append("add ENV " + " ".join(name for name, _ in self.env) + " after FROM")
+        if self.build_env:
+            parts.append("add the OPENSHIFT_BUILD_* ENV")
         if self.labels:
             parts.append(f"add {len(self.labels)} labels")
         return f"{self.path} -> {self.output}: " + "; ".join(parts)
@@ -270,6 +274,21 @@ class Buildah:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class S2IInput:
+    """A source secret or config map of an S2I build: the directory ``source`` (one file
+    per key: a workspace path the executor wrote, or where a Job mounted the volume) is
+    mounted read-only at ``mount`` for the build's RUN steps, and the assemble step copies
+    its files to ``destination_dir`` under the builder's working directory (and, with
+    ``remove``, deletes the copies again after assemble)."""
+
+    source: str
+    mount: str
+    destination_dir: str
+    remove: bool
+    what: str  # for the log: 'secret "name"', never a value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateS2IDockerfile:
     """Inspect the builder image (its user and scripts label) and the source (``.s2i/bin``,
     ``.s2i/environment``), optionally pull the previous output image for an incremental
@@ -288,6 +307,7 @@ class GenerateS2IDockerfile:
     #: pull means there is none yet: not an error).
     previous_image: str = ""
     pull_previous: tuple[Arg, ...] = ()
+    injections: tuple[S2IInput, ...] = ()
 
     def describe(self, outputs: Mapping[OutputName, str]) -> str:
         extra = f", incremental from {self.previous_image}" if self.incremental else ""
@@ -377,8 +397,28 @@ class CopyFromImage:
         return f"copy from {self.image}: {listed}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MergeAuthFiles:
+    """Write one registry auth file (containers-auth.json) for a buildah command that
+    needs several credentials: every entry of ``files``, then for each ``(file,
+    repository)`` of ``scoped`` that file's credentials for the repository's registry,
+    stored under the repository itself (the most specific key wins in containers/image).
+    ``buildah build`` takes one --authfile for its pulls and its --cache-to push."""
+
+    output: str
+    files: tuple[Arg, ...] = ()
+    scoped: tuple[tuple[Arg, str], ...] = ()
+
+    def describe(self, outputs: Mapping[OutputName, str]) -> str:
+        scopes = ", ".join(repository for _, repository in self.scoped)
+        return f"write {self.output}: registry credentials" + (
+            f" (push credentials for {scopes})" if scopes else ""
+        )
+
+
 Action = (
     Command
+    | MergeAuthFiles
     | CopyFromImage
     | CopyInto
     | ExtractArchive
@@ -520,6 +560,8 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             "env": [list(e) for e in a.env],
             "labels": [[k, _arg_to_json(v)] for k, v in a.labels],
         }
+        if a.build_env:
+            action["buildEnv"] = _pairs_to_json(a.build_env)
         if a.from_image is not None:
             action["from"] = a.from_image
     elif isinstance(a, CheckInside):
@@ -537,7 +579,12 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             "incremental": a.incremental,
             "previousImage": a.previous_image,
             "pullPrevious": [_arg_to_json(x) for x in a.pull_previous],
-        }
+            "injections": [
+                {"source": i.source, "mount": i.mount, "destinationDir": i.destination_dir,
+                 "remove": i.remove, "what": i.what}
+                for i in a.injections
+            ],
+        }  # fmt: skip
     elif isinstance(a, CopyFromImage):
         action = {
             "kind": "copyFromImage",
@@ -560,6 +607,13 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             "asFile": a.as_file,
             "maxSize": a.max_size,
             "maxFiles": a.max_files,
+        }
+    elif isinstance(a, MergeAuthFiles):
+        action = {
+            "kind": "mergeAuthFiles",
+            "output": a.output,
+            "files": [_arg_to_json(x) for x in a.files],
+            "scoped": [[_arg_to_json(f), r] for f, r in a.scoped],
         }
     elif isinstance(a, RunInImage):
         action = {
@@ -602,6 +656,7 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
             from_image=str(from_image) if from_image is not None else None,
             env=tuple((str(k), str(v)) for k, v in a.get("env") or []),
             labels=tuple((str(k), _arg_from_json(v)) for k, v in a.get("labels") or []),
+            build_env=_pairs_from_json(a.get("buildEnv")),
         )
     elif kind == "checkInside":
         action = CheckInside(root=str(a["root"]), paths=tuple(str(p) for p in a["paths"]))
@@ -619,6 +674,16 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
             incremental=bool(a.get("incremental", False)),
             previous_image=str(a.get("previousImage", "")),
             pull_previous=tuple(_arg_from_json(x) for x in a.get("pullPrevious") or []),
+            injections=tuple(
+                S2IInput(
+                    source=str(i["source"]),
+                    mount=str(i["mount"]),
+                    destination_dir=str(i.get("destinationDir", "")),
+                    remove=bool(i.get("remove", True)),
+                    what=str(i.get("what", "input")),
+                )
+                for i in a.get("injections") or []
+            ),
         )
     elif kind == "copyFromImage":
         action = CopyFromImage(
@@ -637,6 +702,12 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
             as_file=str(a.get("asFile", "")),
             max_size=int(a["maxSize"]),
             max_files=int(a["maxFiles"]),
+        )
+    elif kind == "mergeAuthFiles":
+        action = MergeAuthFiles(
+            output=str(a["output"]),
+            files=tuple(_arg_from_json(x) for x in a.get("files") or []),
+            scoped=tuple((_arg_from_json(x[0]), str(x[1])) for x in a.get("scoped") or []),
         )
     elif kind == "runInImage":
         action = RunInImage(
