@@ -100,6 +100,10 @@ def minimal_build() -> dict[str, Any]:
         (lambda d: d["spec"].update(completionDeadlineSeconds=0), "below the minimum 1"),
         (lambda d: d["status"].update(startTimestamp="yesterday"), "not an RFC 3339 date-time"),
         (lambda d: d["spec"].update(resources={"limits": {"cpu": "lots"}}), "does not match"),
+        (
+            lambda d: d["spec"].update(resources={"limits": {"cpu": 0.5}}),
+            "must be an integer or a string",
+        ),
         (lambda d: d["spec"]["source"]["git"].pop("uri"), "spec.source.git: uri is required"),
         (lambda d: d["status"].pop("phase"), "status: phase is required"),
         (
@@ -125,6 +129,7 @@ def minimal_build() -> dict[str, Any]:
         "minimum",
         "date-time",
         "quantity",
+        "quantity-float",
         "required",
         "status-required",
         "list-map",
