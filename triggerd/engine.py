@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triggerd import lifecycle, manifests, matching, metrics, policies, scheduling
-from triggerd.errors import Conflict, NotFound
+from triggerd.errors import Conflict, Invalid, NotFound, TemporaryError
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
@@ -89,12 +90,29 @@ HOUSEKEEPING_SECONDS = 3600.0
 #: How often a leader looks for builds another replica created (no in-process wake then).
 SHARED_STORE_POLL_SECONDS = 2.0
 
+#: How often a read-modify-write of a build may lose a race before the caller hears of it.
+REWRITE_ATTEMPTS = 20
+
+#: How long a ``path`` secret's file is trusted before it is read again (rotation).
+SECRET_FILE_CACHE_SECONDS = 5.0
+
+#: A final state the store would not take (API down) is written again after this long.
+FINISH_RETRY_SECONDS = 1.0
+FINISH_RETRY_MAX_SECONDS = 30.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartRequest:
     namespace: str
     config_name: str
     request: requests.BuildRequest
+    #: create the build only if it gets this number (the store numbers atomically), else
+    #: Conflict: a config's first build is started once however many callers try
+    expect_number: int | None = None
+
+
+class AlreadyBuilt(Conflict):
+    """A StartRequest's expected number was taken: someone started that build already."""
 
 
 class Engine:
@@ -132,6 +150,17 @@ class Engine:
         self.repo_index = matching.RepoIndex()
         #: set by server.py once the image change runtime exists; None: no image triggers
         self.image_change: ImageChangeHooks | None = None
+        #: a store that watches BuildConfigs (Kubernetes): configs applied with kubectl
+        #: come in through the watch, and the leader starts every new config's first build
+        self._configs_watched = hasattr(store, "watch_buildconfigs")
+        #: the last version of each config the watch reported (to tell user changes from
+        #: status changes) and the configs it could not accept, with why
+        self._watched: dict[tuple[str, str], buildconfigs.BuildConfig] = {}
+        self._unaccepted: dict[tuple[str, str], str] = {}
+        #: ``path`` secrets read from files: name -> (read at, key -> value)
+        self._secret_files: dict[str, tuple[float, dict[str, str]]] = {}
+        #: builds whose cancel this leader has passed on to the executor
+        self._cancels_sent: set[tuple[str, str]] = set()
 
     # Life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,7 +176,9 @@ class Engine:
         watch = getattr(self.store, "watch_buildconfigs", None)
         if watch is not None:
             # `kubectl apply` of a BuildConfig reaches every replica's repository index.
-            self._watch_task = asyncio.create_task(self._follow_configs(watch), name="bc watch")
+            self._watch_task = asyncio.create_task(
+                self._follow_configs(lambda: watch(include_invalid=True)), name="bc watch"
+            )
         if hasattr(self.store, "refresh_secrets"):
             await self.store.refresh_secrets(self._secret_names)
             self._secrets_task = asyncio.create_task(self._refresh_secrets(), name="secrets")
@@ -156,12 +187,24 @@ class Engine:
 
     async def on_leadership(self, leader: bool) -> None:
         """LeaderElector callback: start leading (recover, schedule) or stop (Jobs go on;
-        the next leader adopts them)."""
-        if leader and self._loop_task is None and not self._stopping:
+        the next leader adopts them).
+
+        Starting may fail half-way (the store unreachable during recovery): the elector
+        then calls ``on_leadership(False)`` and tries again, so every step here may run
+        more than once — recover skips builds already followed, first builds are numbered.
+        """
+        if leader:
+            if self._loop_task is not None or self._stopping:
+                return
             await self.recover()
+            if self._configs_watched:
+                await self._sweep_configs()
             await self._lead()
-        elif not leader:
+        else:
             await self._stop_leading()
+
+    def _leads(self) -> bool:
+        return self.leadership is None or self.leadership.is_leader
 
     async def _lead(self) -> None:
         # The first pass runs before anything else, so what it sees on disk is settled.
@@ -210,6 +253,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._loop_task = self._housekeeping_task = None
+        self._cancels_sent.clear()
         running = list(self._running.values())
         for run in running:
             run.cancel()
@@ -221,20 +265,97 @@ class Engine:
         while not self._stopping:
             try:
                 async for event in watch():
-                    if event.type == "DELETED":
-                        self.repo_index.remove(event.config.namespace, event.config.name)
-                    else:
-                        self.repo_index.put(event.config)
-                        names = _secret_names(event.config) - self._secret_names
-                        self._secret_names.update(names)
-                        refresh = getattr(self.store, "refresh_secrets", None)
-                        if names and refresh is not None:
-                            await refresh(names)
+                    try:
+                        await self._config_event(event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        # One config's trouble must not stop the others' updates.
+                        log.exception("handling a BuildConfig change failed")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("watching BuildConfigs failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def _config_event(self, event: Any) -> None:
+        """A BuildConfig came, changed or went, whoever did it (REST on any replica, or
+        ``kubectl``). Every replica keeps its routing index, secrets and image triggers
+        current; the leader alone reports configs it cannot accept and starts new configs'
+        first builds, so they behave as configs created through the REST API."""
+        key = (event.namespace, event.name)
+        if event.type == "DELETED":
+            self._watched.pop(key, None)
+            self._unaccepted.pop(key, None)
+            self.repo_index.remove(*key)
+            return
+        if event.config is None:
+            # Stored, but not a BuildConfig triggerd can use (kubectl skips our checks).
+            self._watched.pop(key, None)
+            self._unaccepted[key] = event.problem
+            self.repo_index.remove(*key)
+            if self._leads():
+                await self._report_config(*key, event.problem)
+            return
+        config: buildconfigs.BuildConfig = event.config
+        before = self._watched.get(key)
+        self._watched[key] = config
+        self._unaccepted.pop(key, None)
+        self.repo_index.put(config)
+        names = _secret_names(config) - self._secret_names
+        self._secret_names.update(names)
+        refresh = getattr(self.store, "refresh_secrets", None)
+        if names and refresh is not None:
+            await refresh(names)
+        changed = before is None or _user_part(before.raw) != _user_part(config.raw)
+        if not self._leads():
+            return
+        if changed:
+            await self._accept_config(config)
+        if event.type == "ADDED":
+            await self._first_build(config)
+
+    async def _sweep_configs(self) -> None:
+        """On becoming leader: what the previous leader may not have done for the configs
+        the watch has reported (first builds, feedback on configs not accepted)."""
+        for (namespace, name), problem in list(self._unaccepted.items()):
+            await self._report_config(namespace, name, problem)
+        for config in list(self._watched.values()):
+            await self._accept_config(config)
+            await self._first_build(config)
+
+    async def _accept_config(self, config: buildconfigs.BuildConfig) -> None:
+        """Run the checks the REST API runs before storing; the config's status says
+        what is wrong (kubectl did not hear it), and is cleared once it is right."""
+        problem: str | None = None
+        if self.image_change is not None:
+            try:
+                await self.image_change.check_buildconfig(config)
+            except Invalid as e:
+                problem = str(e)
+        if problem is None and not _has_valid_condition(config):
+            return  # nothing to say and nothing said before: no write
+        await self._report_config(config.namespace, config.name, problem)
+
+    async def _report_config(self, namespace: str, name: str, problem: str | None) -> None:
+        report = getattr(self.store, "report_buildconfig", None)
+        if report is None:
+            return
+        if problem is not None:
+            log.warning("BuildConfig %s/%s is not accepted: %s", namespace, name, problem)
+        try:
+            await report(namespace, name, problem)
+        except (NotFound, TemporaryError) as e:
+            log.warning("could not record the state of BuildConfig %s/%s: %s", namespace, name, e)
+
+    async def _first_build(self, config: buildconfigs.BuildConfig) -> None:
+        """A config that never built (status.lastVersion 0) gets its ConfigChange build,
+        as one created through the REST API does. It must have number 1, so however many
+        leaders, replicas or events try, one build starts. (Image change triggers follow
+        the same watch in the image change runtime.)"""
+        if config.last_version != 0 or (config.namespace, config.name) in self._unaccepted:
+            return
+        await self._on_created(config)
 
     async def _refresh_secrets(self) -> None:
         """Keep the webhook secrets (read synchronously on the webhook path) current."""
@@ -275,6 +396,8 @@ class Engine:
             stores.BuildQuery(phases=frozenset({Phase.PENDING, Phase.RUNNING}))
         )
         for build in page.builds:
+            if (build.namespace, build.name) in self._running:
+                continue  # followed already (recovery runs again after a failed start)
             outcome = await self.executor.recover(build)
             if outcome is None:
                 self._spawn(build)
@@ -296,11 +419,16 @@ class Engine:
         if self.image_change is not None:
             await self.image_change.check_buildconfig(config)
         created = await self.store.create_buildconfig(config)
+        await self._created(created)
+        return created
+
+    async def _created(self, created: buildconfigs.BuildConfig) -> None:
         self.repo_index.put(created)
+        # With a watched store the leader also tries this when the watch reports the
+        # config; the first build's number decides which one starts it (exactly one).
         await self._on_created(created)
         if self.image_change is not None:
             await self.image_change.config_changed(created, created=True)
-        return created
 
     async def replace_buildconfig(
         self, doc: Any, *, namespace: str, name: str
@@ -332,10 +460,7 @@ class Engine:
             current = await self.store.get_buildconfig(config.namespace, config.name)
         except NotFound:
             created = await self.store.create_buildconfig(config)
-            self.repo_index.put(created)
-            await self._on_created(created)
-            if self.image_change is not None:
-                await self.image_change.config_changed(created, created=True)
+            await self._created(created)
             return created, "created"
         if _user_part(current.raw) == _user_part(config.raw):
             return current, "unchanged"
@@ -352,10 +477,16 @@ class Engine:
         ):
             return
         cause = {"message": CONFIG_CHANGE_CAUSE}
+        start = StartRequest(
+            namespace=config.namespace,
+            config_name=config.name,
+            request=requests.BuildRequest(triggered_by=(cause,)),
+            expect_number=config.last_version + 1,
+        )
         try:
-            await self.instantiate(
-                config.namespace, config.name, requests.BuildRequest(triggered_by=(cause,))
-            )
+            await self.start_builds([start])
+        except AlreadyBuilt:
+            log.info("%s/%s: its first build was started already", config.namespace, config.name)
         except Conflict as e:
             # FROM an ImageStreamTag without an image yet: as in OpenShift, the ImageChange
             # trigger starts the first build once the stream has one.
@@ -440,7 +571,36 @@ class Engine:
         secret = self.settings.secrets.get(name)
         if secret is None:
             return None
-        return secret.data.get(key)
+        value = secret.data.get(key)
+        if value is not None or not secret.path:
+            return value
+        return self._secret_file(name, secret.path, key)
+
+    def _secret_file(self, name: str, path: str, key: str) -> str | None:
+        """Key ``key`` of a ``path`` secret, read as the local executor reads them: a file
+        holds the value itself; a directory (a mounted Kubernetes Secret, one file per key)
+        holds it in the file named after the key. Read again after a few seconds, so a
+        rotated secret is picked up without a restart; one trailing newline (``echo``) is
+        not part of the value."""
+        cache_key = f"{name}\0{key}"
+        now = time.monotonic()
+        cached = self._secret_files.get(cache_key)
+        if cached is not None and now - cached[0] < SECRET_FILE_CACHE_SECONDS:
+            return cached[1].get(key)
+        location = Path(path)
+        target = location / key if location.is_dir() else location
+        try:
+            text = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("secret %s: cannot read %s (%s)", name, target, type(e).__name__)
+            self._secret_files[cache_key] = (now, {})
+            return None
+        if text.endswith("\r\n"):
+            text = text[:-2]
+        elif text.endswith("\n"):
+            text = text[:-1]
+        self._secret_files[cache_key] = (now, {key: text})
+        return text
 
     # Builds -------------------------------------------------------------------------------
     async def instantiate(self, namespace: str, name: str, request: requests.BuildRequest) -> Build:
@@ -469,7 +629,7 @@ class Engine:
             stores.NewBuild(
                 namespace=s.namespace,
                 config_name=s.config_name,
-                make=_factory(s.request, created),
+                make=_factory(s.request, created, s.expect_number),
             )
             for s in starts
         ]
@@ -485,16 +645,35 @@ class Engine:
         return result
 
     async def cancel_build(self, namespace: str, name: str) -> Build:
-        """Cancel as ``oc cancel-build`` does: queued builds at once, running ones are stopped."""
-        async with self._lock(namespace, name):
-            build = await self.store.get_build(namespace, name)
+        """Cancel as ``oc cancel-build`` does: queued builds at once, running ones are stopped.
+
+        The mark is written with the resourceVersion it was read at, so a concurrent write
+        (the leader recording a stage) cannot drop it: whoever loses re-reads and applies
+        its change again. The leader also stops every build marked so (another replica's
+        cancel may reach the executor before the build's Job exists)."""
+        now = self.clock()
+        queued = False  # whether the write that went in cancelled a queued build
+
+        def mark(build: Build) -> Build | None:
+            nonlocal queued
+            queued = build.phase is Phase.NEW
             if build.phase is Phase.CANCELLED:
-                return build
-            if build.phase is Phase.NEW:
-                build = await self._save(lifecycle.cancel(build, now=self.clock()))
-                self.wake()
-                return build
-            build = await self._save(lifecycle.request_cancel(build))
+                return None
+            if queued:
+                return lifecycle.cancel(build, now=now)
+            if build.status.cancelled:
+                return None
+            return lifecycle.request_cancel(build)
+
+        async with self._lock(namespace, name):
+            build = await self._rewrite(namespace, name, mark)
+        if build.phase is Phase.CANCELLED:
+            if queued:
+                # It never ran, so no executor reports it: count it and apply the
+                # history limits here (SerialLatestOnly supersedes end here too).
+                await self._ended(build)
+            self.wake()
+            return build
         await self.executor.cancel(namespace, name)
         return build
 
@@ -527,6 +706,8 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), SHARED_STORE_POLL_SECONDS)
             self._wake.clear()
+            if not self._leads():
+                continue  # lost the Lease: on_leadership(False) is about to stop this loop
             try:
                 await (self.schedule_everything() if full else self.schedule_once())
                 full = False
@@ -542,6 +723,7 @@ class Engine:
         unfinished = [b async for b in self.all_builds(stores.BuildQuery(phases=UNFINISHED))]
         decision = scheduling.decide(unfinished, max_concurrent=self.settings.max_concurrent_builds)
         metrics.QUEUE_DEPTH.set(scheduling.queue_depth(unfinished))
+        await self._stop_cancelled(b for b in unfinished if b.phase in ACTIVE)
         await self._carry_out(decision)
         return decision
 
@@ -556,6 +738,7 @@ class Engine:
         summary = await self.store.queue_summary()
         metrics.QUEUE_DEPTH.set(summary.total)
         active = [b async for b in self.all_builds(stores.BuildQuery(phases=ACTIVE))]
+        await self._stop_cancelled(active)
         free = self.settings.max_concurrent_builds - len(active)
         if free <= 0 or not summary.configs:
             metrics.BUILDS_ACTIVE.set(len(active))
@@ -584,22 +767,42 @@ class Engine:
         await self._carry_out(decision)
         return decision
 
+    async def _stop_cancelled(self, active: Iterable[Build]) -> None:
+        """Builds marked cancelled (on any replica) that this leader runs are stopped here:
+        the replica that took the cancel deleted the Job, but the Job may not have existed
+        yet then."""
+        for build in active:
+            key = (build.namespace, build.name)
+            if build.status.cancelled and key in self._running and key not in self._cancels_sent:
+                self._cancels_sent.add(key)
+                try:
+                    await self.executor.cancel(build.namespace, build.name)
+                except Exception:
+                    self._cancels_sent.discard(key)  # the next pass tries again
+                    log.exception("stopping cancelled build %s/%s failed", *key)
+
     async def _carry_out(self, decision: scheduling.Decision) -> None:
         for build in decision.cancel:
             with contextlib.suppress(Conflict, NotFound):
                 await self.cancel_build(build.namespace, build.name)
+        now = self.clock()
+
+        def to_pending(build: Build) -> Build | None:
+            if build.phase is not Phase.NEW:
+                return None  # cancelled or started meanwhile (another replica's write)
+            return lifecycle.advance(build, Phase.PENDING, now=now)
+
         for build in decision.start:
+            key = (build.namespace, build.name)
+            if key in self._running:
+                continue
             try:
-                async with self._lock(build.namespace, build.name):
-                    current = await self.store.get_build(build.namespace, build.name)
-                    if current.phase is not Phase.NEW:
-                        continue
-                    pending = await self._save(
-                        lifecycle.advance(current, Phase.PENDING, now=self.clock())
-                    )
+                async with self._lock(*key):
+                    pending = await self._rewrite(*key, to_pending)
             except (Conflict, NotFound):
                 continue
-            self._spawn(pending)
+            if pending.phase is Phase.PENDING:
+                self._spawn(pending)
         metrics.BUILDS_ACTIVE.set(len(self._running))
 
     async def _supersede(self, newest: Build) -> None:
@@ -621,10 +824,17 @@ class Engine:
         key = (build.namespace, build.name)
         task = asyncio.create_task(self._run(build), name=f"build {build.namespace}/{build.name}")
         self._running[key] = task
-        task.add_done_callback(lambda _t: self._running.pop(key, None))
+
+        def done(_task: asyncio.Task[None]) -> None:
+            if self._running.get(key) is task:
+                del self._running[key]
+            self._cancels_sent.discard(key)
+
+        task.add_done_callback(done)
 
     async def _run(self, build: Build) -> None:
         reporter = _Reporter(self, build.namespace, build.name)
+        error = False
         try:
             outcome = await self.executor.run(build, reporter)
         except asyncio.CancelledError:
@@ -636,43 +846,73 @@ class Engine:
                 message=f"triggerd could not run the build: {e}",
                 log_snippet="",
             )
-            await self._finish(build.namespace, build.name, outcome, error=True)
-        else:
-            await self._finish(build.namespace, build.name, outcome)
+            error = True
+        delay = FINISH_RETRY_SECONDS
+        while True:
+            try:
+                await self._finish(build.namespace, build.name, outcome, error=error)
+                break
+            except TemporaryError as e:
+                # The outcome is known and only this task has it: keep it until the store
+                # takes it (a leader change cancels this task; the next leader adopts).
+                log.warning(
+                    "recording the end of %s/%s failed (%s); retrying in %.0f s",
+                    build.namespace,
+                    build.name,
+                    e,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FINISH_RETRY_MAX_SECONDS)
         self.wake()
 
     async def _finish(
         self, namespace: str, name: str, outcome: executors.Outcome, *, error: bool = False
     ) -> None:
-        async with self._lock(namespace, name):
-            try:
-                build = await self.store.get_build(namespace, name)
-            except NotFound:
-                return  # deleted while running
+        now = self.clock()
+
+        def end(build: Build) -> Build | None:
             if build.phase.terminal:
-                return
-            now = self.clock()
+                return None
             if isinstance(outcome, executors.Succeeded):
                 build = lifecycle.record_output(
                     build, digest=outcome.digest, image_reference=outcome.image_reference
                 )
-                build = lifecycle.advance(build, Phase.COMPLETE, now=now)
-            elif isinstance(outcome, executors.Cancelled) or build.status.cancelled:
+                return lifecycle.advance(build, Phase.COMPLETE, now=now)
+            if isinstance(outcome, executors.Cancelled) or build.status.cancelled:
                 # cancelled through another replica: its Job vanished under the leader
-                build = lifecycle.advance(
+                return lifecycle.advance(
                     build, Phase.CANCELLED, now=now, reason=Reason.CANCELLED_BUILD
                 )
-            else:
-                target = Phase.ERROR if error or outcome.reason in ERROR_REASONS else Phase.FAILED
-                build = lifecycle.record_log_snippet(build, outcome.log_snippet)
-                build = lifecycle.advance(
-                    build,
-                    target,
-                    now=now,
-                    reason=outcome.reason,
-                    message=outcome.message or outcome.reason.message,
-                )
-            build = await self._save(build)
+            target = Phase.ERROR if error or outcome.reason in ERROR_REASONS else Phase.FAILED
+            build = lifecycle.record_log_snippet(build, outcome.log_snippet)
+            return lifecycle.advance(
+                build,
+                target,
+                now=now,
+                reason=outcome.reason,
+                message=outcome.message or outcome.reason.message,
+            )
+
+        ended = False
+
+        def end_once(build: Build) -> Build | None:
+            nonlocal ended
+            new = end(build)
+            ended = new is not None
+            return new
+
+        async with self._lock(namespace, name):
+            try:
+                build = await self._rewrite(namespace, name, end_once)
+            except NotFound:
+                return  # deleted while running
+        if ended:
+            await self._ended(build)
+
+    async def _ended(self, build: Build) -> None:
+        """What follows a build's end, once: metrics, image streams, history limits."""
+        namespace, name = build.namespace, build.name
         _count(build)
         if self.image_change is not None:
             try:
@@ -680,7 +920,11 @@ class Engine:
                 await self.image_change.build_finished(build)
             except Exception:
                 log.exception("recording %s/%s in its image stream failed", namespace, name)
-        await self._prune(build)
+        try:
+            await self._prune(build)
+        except Exception:
+            # The build's end is recorded; history is trimmed again at the next end.
+            log.exception("applying the history limits after %s/%s failed", namespace, name)
 
     async def _prune(self, finished: Build) -> None:
         """Keep only the newest successful/failed builds the config's history limits allow."""
@@ -719,16 +963,38 @@ class Engine:
                 return
 
     async def update(self, namespace: str, name: str, change: Callable[[Build], Build]) -> Build:
-        async with self._lock(namespace, name):
-            build = await self.store.get_build(namespace, name)
-            if build.phase.terminal:
-                return build
-            return await self._save(change(build))
+        """Apply ``change`` to the unfinished build as stored now (finished ones stay)."""
 
-    async def _save(self, build: Build) -> Build:
-        saved = await self.store.update_build(build)
-        await self._notify()
-        return saved
+        def unless_finished(build: Build) -> Build | None:
+            return None if build.phase.terminal else change(build)
+
+        async with self._lock(namespace, name):
+            return await self._rewrite(namespace, name, unless_finished)
+
+    async def _rewrite(
+        self, namespace: str, name: str, change: Callable[[Build], Build | None]
+    ) -> Build:
+        """Read, change, write with the read's resourceVersion as the precondition.
+
+        Another replica may write the same build between the read and the write (a cancel
+        taken by a follower while the leader records a stage); the loser of that race gets
+        Conflict, reads again and applies its change to the new state, so neither write
+        is lost. ``change`` returns None to leave the build as it is; it may run more than
+        once and must be pure."""
+        for _ in range(REWRITE_ATTEMPTS):
+            current = await self.store.get_build(namespace, name)
+            wanted = change(current)
+            if wanted is None or wanted is current:
+                return current
+            try:
+                saved = await self.store.update_build(
+                    wanted, expected_resource_version=current.meta.resource_version or None
+                )
+            except Conflict:
+                continue
+            await self._notify()
+            return saved
+        raise TemporaryError(f"build {namespace}/{name} keeps changing; try again", 1.0)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -739,7 +1005,11 @@ class Engine:
 
 
 class _Reporter:
-    """Persists an executor's progress reports for one build."""
+    """Persists an executor's progress reports for one build.
+
+    Progress is worth less than the build: when the store cannot take a report for a while
+    (TemporaryError) the report is logged and dropped, and the build goes on; its end is
+    recorded however long that takes (Engine._run)."""
 
     def __init__(self, engine: Engine, namespace: str, name: str) -> None:
         self.engine, self.namespace, self.name = engine, namespace, name
@@ -752,17 +1022,19 @@ class _Reporter:
                 return lifecycle.advance(build, Phase.RUNNING, now=now)
             return build
 
-        await self.engine.update(self.namespace, self.name, to_running)
+        await self._report("Running", to_running)
 
     async def revision(self, revision: SourceRevision) -> None:
-        await self.engine.update(
-            self.namespace, self.name, lambda b: lifecycle.record_revision(b, revision)
-        )
+        await self._report("the revision", lambda b: lifecycle.record_revision(b, revision))
 
     async def stage(self, stage: builds.Stage) -> None:
-        await self.engine.update(
-            self.namespace, self.name, lambda b: lifecycle.record_stage(b, stage)
-        )
+        await self._report(f"stage {stage.name.value}", lambda b: lifecycle.record_stage(b, stage))
+
+    async def _report(self, what: str, change: Callable[[Build], Build]) -> None:
+        try:
+            await self.engine.update(self.namespace, self.name, change)
+        except TemporaryError as e:
+            log.warning("could not record %s of %s/%s: %s", what, self.namespace, self.name, e)
 
 
 def _secret_names(config: buildconfigs.BuildConfig) -> set[str]:
@@ -776,8 +1048,15 @@ def _secret_names(config: buildconfigs.BuildConfig) -> set[str]:
     return names
 
 
-def _factory(request: requests.BuildRequest, created: datetime) -> stores.BuildFactory:
+def _factory(
+    request: requests.BuildRequest, created: datetime, expect_number: int | None = None
+) -> stores.BuildFactory:
     def make(config: buildconfigs.BuildConfig, number: int) -> Build:
+        if expect_number is not None and number != expect_number:
+            # Raised inside the store's numbering: nothing is created, no number is used.
+            raise AlreadyBuilt(
+                f"build {expect_number} of {config.namespace}/{config.name} exists already"
+            )
         return requests.instantiate(
             config, request, number=number, uid=str(uuid.uuid4()), created=created
         )
@@ -805,6 +1084,15 @@ def _user_part(raw: Mapping[str, Any]) -> Any:
     for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
         meta.pop(key, None)
     return {"metadata": meta, "spec": raw.get("spec")}
+
+
+def _has_valid_condition(config: buildconfigs.BuildConfig) -> bool:
+    """Whether the stored config carries triggerd's acceptance condition (to be cleared)."""
+    status = config.raw.get("status")
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    return isinstance(conditions, list) and any(
+        isinstance(c, Mapping) and c.get("type") == buildconfigs.VALID_CONDITION for c in conditions
+    )
 
 
 def _count(build: Build) -> None:

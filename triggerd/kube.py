@@ -52,8 +52,9 @@ class KubernetesSettings:
     )
     limits: Mapping[str, str] = field(default_factory=lambda: {"memory": "4Gi"})
     node_selector: Mapping[str, str] = field(default_factory=dict)
-    #: uid the init container fetches the source as
-    fetch_uid: int = 1000
+    #: uid the init container fetches the source as: the image's own user (Dockerfile), so
+    #: OpenSSH finds it in /etc/passwd ("No user exists for uid ..." otherwise)
+    fetch_uid: int = 10001
     insecure_registries: frozenset[str] = frozenset()
     lease_name: str = "triggerd-leader"
     lease_duration_seconds: int = 15
@@ -83,6 +84,15 @@ class KubeError(Exception):
     def gone(self) -> bool:
         return self.status == 410
 
+    @property
+    def transient(self) -> bool:
+        """No answer, or one that says to try again (throttled, server trouble)."""
+        return self.status in TRANSIENT_STATUSES
+
+
+#: Statuses worth retrying: 0 is "no answer" (connection refused, dropped, timed out).
+TRANSIENT_STATUSES: Final = frozenset({0, 429, 500, 502, 503, 504})
+
 
 class WatchExpired(Exception):
     """The resourceVersion a watch resumed from is too old (410 Gone): relist."""
@@ -98,7 +108,7 @@ def to_domain_error(e: KubeError, kind: str, name: str) -> Exception:
         return errors.Conflict(
             f'Operation cannot be fulfilled on {kind} "{name}": the object has been modified'
         )
-    if e.status in (429, 500, 502, 503, 504) or e.status == 0:
+    if e.transient:
         return errors.TemporaryError(f"Kubernetes API unavailable ({e.status})", 2.0)
     return errors.PermanentError(f"Kubernetes API refused the {kind} {name!r}: {e.message}")
 
@@ -142,6 +152,7 @@ class Kube:
         """Wrap a kubernetes_asyncio ``ApiClient``, or (``api`` None) connect with
         ``settings`` on the first call, so a composition root that is not async can make
         one."""
+        import aiohttp
         from kubernetes_asyncio.client import ApiException
 
         if api is None and settings is None:
@@ -149,6 +160,10 @@ class Kube:
         self.api = api  # kubernetes_asyncio.client.ApiClient
         self._settings = settings
         self._api_exception: type[Exception] = ApiException
+        #: aiohttp's errors (a dropped connection, a cut chunked body, a bad answer) are
+        #: no OSError; each of them becomes a KubeError with status 0, so callers that
+        #: retry on transient errors see them all
+        self._client_error: type[Exception] = aiohttp.ClientError
 
     async def close(self) -> None:
         if self.api is not None:
@@ -186,9 +201,13 @@ class Kube:
         except self._api_exception as e:
             status, reason = getattr(e, "status", 0), getattr(e, "reason", "")
             raise KubeError(int(status or 0), str(reason or ""), "request failed") from e
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, self._client_error) as e:
             raise KubeError(0, "Unreachable", type(e).__name__) from e
         return response
+
+    def _broken(self, e: Exception) -> KubeError:
+        """The KubeError for a connection that failed while its answer was being read."""
+        return KubeError(0, "ConnectionLost", type(e).__name__)
 
     async def request(
         self,
@@ -198,32 +217,69 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: float | None = CALL_TIMEOUT_SECONDS,  # noqa: ASYNC109 - passed to aiohttp
     ) -> dict[str, Any]:
-        response = await self._call(method, path, query=query, body=body, content_type=content_type)
-        async with response:
-            data = await response.read()
-            await _raise_for_status(response.status, data)
-        doc = json.loads(data) if data else {}
+        response = await self._call(
+            method, path, query=query, body=body, content_type=content_type, timeout=timeout
+        )
+        try:
+            async with response:
+                data = await response.read()
+        except (OSError, TimeoutError, self._client_error) as e:
+            raise self._broken(e) from e
+        await _raise_for_status(response.status, data)
+        try:
+            doc = json.loads(data) if data else {}
+        except ValueError as e:
+            raise KubeError(0, "BadResponse", "the answer is not JSON") from e
         return doc if isinstance(doc, dict) else {}
 
-    async def get(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", path)
+    async def get(
+        self,
+        path: str,
+        *,
+        timeout: float | None = CALL_TIMEOUT_SECONDS,  # noqa: ASYNC109 - passed to aiohttp
+    ) -> dict[str, Any]:
+        return await self.request("GET", path, timeout=timeout)
 
     async def list(self, path: str, *, label_selector: str = "") -> dict[str, Any]:
         query = {"labelSelector": label_selector} if label_selector else None
         return await self.request("GET", path, query=query)
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", path, body=dict(body))
+    async def create(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float | None = CALL_TIMEOUT_SECONDS,  # noqa: ASYNC109 - passed to aiohttp
+    ) -> dict[str, Any]:
+        return await self.request("POST", path, body=dict(body), timeout=timeout)
 
-    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", path, body=dict(body))
+    async def replace(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float | None = CALL_TIMEOUT_SECONDS,  # noqa: ASYNC109 - passed to aiohttp
+    ) -> dict[str, Any]:
+        return await self.request("PUT", path, body=dict(body), timeout=timeout)
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH)
 
-    async def delete(self, path: str, *, propagation: str = "Background") -> dict[str, Any]:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+    async def delete(
+        self, path: str, *, propagation: str = "Background", resource_version: str = ""
+    ) -> dict[str, Any]:
+        """Delete with ``propagation`` (the API's default for Jobs is Orphan: their pods
+        would stay); with ``resource_version``, only that version of the object (409 when it
+        changed since)."""
+        body: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": propagation,
+        }
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
         return await self.request("DELETE", path, body=body)
 
     async def watch(
@@ -249,12 +305,14 @@ class Kube:
             if response.status == 410:
                 raise WatchExpired(path)
             if not 200 <= response.status <= 299:
-                await _raise_for_status(response.status, await response.read())
-            async for raw in response.content:
-                line = raw.strip()
-                if not line:
-                    continue
-                event = json.loads(line)
+                await _raise_for_status(response.status, await self._read_all(response))
+            async for line in self._lines(response):
+                try:
+                    event = json.loads(line)
+                except ValueError as e:
+                    raise KubeError(0, "BadResponse", "a watch event is not JSON") from e
+                if not isinstance(event, dict):
+                    raise KubeError(0, "BadResponse", "a watch event is not an object")
                 kind = str(event.get("type", ""))
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -272,9 +330,38 @@ class Kube:
         response = await self._call("GET", path, query=query, timeout=None)
         async with response:
             if not 200 <= response.status <= 299:
-                await _raise_for_status(response.status, await response.read())
-            async for chunk in response.content.iter_any():
+                await _raise_for_status(response.status, await self._read_all(response))
+            chunks = response.content.iter_any().__aiter__()
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except (OSError, TimeoutError, self._client_error) as e:
+                    raise self._broken(e) from e
                 yield chunk
+
+    async def _read_all(self, response: Any) -> bytes:
+        try:
+            data: bytes = await response.read()
+        except (OSError, TimeoutError, self._client_error) as e:
+            raise self._broken(e) from e
+        return data
+
+    async def _lines(self, response: Any) -> AsyncIterator[bytes]:
+        """The non-empty lines of a streamed answer; a connection lost in between is a
+        KubeError (status 0), so a watcher resumes instead of dying."""
+        lines = response.content.__aiter__()
+        while True:
+            try:
+                raw = await lines.__anext__()
+            except StopAsyncIteration:
+                return
+            except (OSError, TimeoutError, self._client_error) as e:
+                raise self._broken(e) from e
+            line = raw.strip()
+            if line:
+                yield line
 
 
 async def _raise_for_status(status: int, data: bytes) -> None:

@@ -7,9 +7,13 @@ resourceVersion, 201/404/409/410/415/422 answers as ``Status`` objects, label se
 ``watch=1``/``watch=true`` streams of newline-delimited events honouring
 ``resourceVersion``, ``timeoutSeconds`` and compaction (410 Gone), ``/status``
 subresources, JSON merge patch (other patch types are refused with 415, as the fake cannot
-check them), resourceVersion preconditions on PUT and PATCH, owner-reference garbage
-collection, and pod logs with ``follow``. It is no scheduler: tests drive pods through
-:class:`tests.kubernetes.cluster.Cluster`, which edits the store directly.
+check them), resourceVersion preconditions on PUT and PATCH, DELETE with ``preconditions``
+and ``propagationPolicy`` (Background: dependents collected right after; Foreground: before;
+Orphan: left without their owner reference — and, as in the real API, the default for
+batch/v1 Jobs is Orphan, so their pods stay), owner-reference garbage collection, and pod
+logs with ``follow``. Tests can cut every open stream (:meth:`FakeApiServer.drop_streams`)
+as a lost connection or a restarting API server would. It is no scheduler: tests drive pods
+through :class:`tests.kubernetes.cluster.Cluster`, which edits the store directly.
 """
 
 from __future__ import annotations
@@ -158,6 +162,14 @@ class Calls:
     patch_content_types: list[str] = field(default_factory=list)
     watches: int = 0
     gone: int = 0
+    #: (key, name, propagationPolicy as sent or "") of every DELETE
+    deletes: list[tuple[Key, str, str]] = field(default_factory=list)
+    #: paths of every GET of one object (not lists, watches or logs)
+    gets: list[str] = field(default_factory=list)
+    #: log requests (namespace, pod, container, follow)
+    log_requests: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    #: open streams the server cut (drop_streams)
+    dropped: int = 0
 
 
 class FakeApiServer:
@@ -178,6 +190,10 @@ class FakeApiServer:
         self.on_create: list[Callable[[Key, Obj], None]] = []
         #: the next N writes to these keys fail with 500 (flaky API)
         self.fail_next: dict[Key, int] = {}
+        #: the next N GETs (of objects and lists, not watches) of these keys fail with 500
+        self.fail_reads: dict[Key, int] = {}
+        #: streaming responses (watches, followed logs) now open
+        self._streams: dict[int, web.Request] = {}
         self.app = web.Application()
         self.app.router.add_route("*", "/api/v1/{rest:.*}", self._core)
         self.app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self._grouped)
@@ -247,13 +263,36 @@ class FakeApiServer:
         bucket[(ns, meta["name"])] = obj
         return copy.deepcopy(obj)
 
-    def remove(self, key: Key, namespace: str, name: str) -> Obj | None:
-        obj = self.objects.get(key, {}).pop((namespace, name), None)
+    def remove(
+        self, key: Key, namespace: str, name: str, *, propagation: str = "Background"
+    ) -> Obj | None:
+        """Delete now. Dependents: Background (collected right after, as the garbage
+        collector does), Foreground (deleted first), Orphan (kept, owner reference gone)."""
+        bucket = self.objects.get(key, {})
+        obj = bucket.get((namespace, name))
         if obj is None:
             return None
+        uid = obj["metadata"].get("uid", "")
+        if propagation == "Foreground":
+            self._collect_garbage(uid)
+        elif propagation == "Orphan":
+            self._orphan(uid)
+        bucket.pop((namespace, name), None)
         self._record("DELETED", key, obj)
-        self._collect_garbage(obj["metadata"].get("uid", ""))
+        if propagation == "Background" and uid:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._collect_garbage, uid)
+            if not _loop_running():
+                self._collect_garbage(uid)
         return obj
+
+    def _orphan(self, uid: str) -> None:
+        for key, bucket in list(self.objects.items()):
+            for obj in list(bucket.values()):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if any(o.get("uid") == uid for o in owners):
+                    obj["metadata"]["ownerReferences"] = [o for o in owners if o.get("uid") != uid]
+                    self.put(key, obj)
 
     def append_log(self, namespace: str, pod: str, container: str, data: bytes) -> None:
         self.logs.setdefault((namespace, pod, container), bytearray()).extend(data)
@@ -262,6 +301,26 @@ class FakeApiServer:
     def end_log(self, namespace: str, pod: str, container: str) -> None:
         self.log_done.add((namespace, pod, container))
         self._wake()
+
+    def drop_streams(self) -> int:
+        """Cut every open watch and log stream mid-way (no clean end): what a client sees
+        when its connection to the API server drops. Returns how many were cut."""
+        cut = 0
+        for request in list(self._streams.values()):
+            if request.transport is not None and not request.transport.is_closing():
+                request.transport.abort()
+                cut += 1
+        self._streams.clear()
+        self.calls.dropped += cut
+        return cut
+
+    @property
+    def open_streams(self) -> int:
+        return sum(
+            1
+            for r in self._streams.values()
+            if r.transport is not None and not r.transport.is_closing()
+        )
 
     def compact(self) -> None:
         """Forget history: every watch resuming from an older resourceVersion gets 410."""
@@ -322,6 +381,10 @@ class FakeApiServer:
         if self.fail_next.get(key) and request.method != "GET":
             self.fail_next[key] -= 1
             return status(500, "InternalError", "injected failure")
+        watching = request.query.get("watch") in ("1", "true", "True")
+        if self.fail_reads.get(key) and request.method == "GET" and not watching:
+            self.fail_reads[key] -= 1
+            return status(500, "InternalError", "injected failure")
         method = request.method
         if name is None:
             if method == "GET":
@@ -341,6 +404,7 @@ class FakeApiServer:
         if subresource and key not in STATUS_SUBRESOURCE:
             return status(404, "NotFound", f"{plural} has no status subresource")
         if method == "GET":
+            self.calls.gets.append(request.path)
             obj = self.get(key, namespace, name)
             if obj is None:
                 return self._not_found(key, name)
@@ -350,11 +414,42 @@ class FakeApiServer:
         if method == "PATCH":
             return await self._patch(request, key, namespace, name, subresource)
         if method == "DELETE":
-            obj = self.remove(key, namespace, name)
-            if obj is None:
-                return self._not_found(key, name)
-            return web.json_response(obj)
+            return await self._delete(request, key, namespace, name)
         return status(405, "MethodNotAllowed", f"{method} not allowed")
+
+    async def _delete(
+        self, request: web.Request, key: Key, namespace: str, name: str
+    ) -> web.Response:
+        options: Obj = {}
+        if request.can_read_body:
+            body = await self._body(request)
+            if isinstance(body, web.Response):
+                return body
+            options = body
+        sent = str(options.get("propagationPolicy") or "")
+        self.calls.deletes.append((key, name, sent))
+        if sent not in ("", "Background", "Foreground", "Orphan"):
+            return status(400, "BadRequest", f"unknown propagationPolicy {sent!r}")
+        # The REST API's default for Jobs is still Orphan (kubectl asks for Background).
+        propagation = sent or ("Orphan" if key == ("batch/v1", "jobs") else "Background")
+        current = self.get(key, namespace, name)
+        if current is None:
+            return self._not_found(key, name)
+        preconditions = options.get("preconditions") or {}
+        wanted_rv = preconditions.get("resourceVersion")
+        wanted_uid = preconditions.get("uid")
+        if (wanted_rv and str(wanted_rv) != current["metadata"]["resourceVersion"]) or (
+            wanted_uid and wanted_uid != current["metadata"].get("uid")
+        ):
+            return status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[1]} "{name}": the precondition failed',
+                name=name,
+                kind=key[1],
+            )
+        obj = self.remove(key, namespace, name, propagation=propagation)
+        return web.json_response(obj)
 
     def _not_found(self, key: Key, name: str) -> web.Response:
         return status(404, "NotFound", f'{key[1]} "{name}" not found', name=name, kind=key[1])
@@ -514,9 +609,13 @@ class FakeApiServer:
             return status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
+        self._streams[id(request)] = request
         # ConnectionResetError: the client went away (a test ended, a watch was abandoned)
-        with contextlib.suppress(ConnectionResetError):
-            await self._stream_events(request, response, key, namespace, reqs, since, timeout)
+        try:
+            with contextlib.suppress(ConnectionResetError):
+                await self._stream_events(request, response, key, namespace, reqs, since, timeout)
+        finally:
+            self._streams.pop(id(request), None)
         return response
 
     async def _stream_events(
@@ -577,10 +676,15 @@ class FakeApiServer:
                 400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start'
             )
         follow = request.query.get("follow") in ("true", "1")
+        self.calls.log_requests.append((namespace, name, container, follow))
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError):
-            await self._stream_log(request, response, log_key, follow)
+        self._streams[id(request)] = request
+        try:
+            with contextlib.suppress(ConnectionResetError):
+                await self._stream_log(request, response, log_key, follow)
+        finally:
+            self._streams.pop(id(request), None)
         return response
 
     async def _stream_log(
@@ -601,6 +705,8 @@ class FakeApiServer:
                 break
             if self.get(("v1", "pods"), namespace, name) is None:
                 break
+            if request.transport is None or request.transport.is_closing():
+                return
             async with self.changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), 1.0)
@@ -609,6 +715,14 @@ class FakeApiServer:
 
 async def _send(response: web.StreamResponse, type_: str, obj: Obj) -> None:
     await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _now() -> str:

@@ -241,15 +241,20 @@ async def test_restart_adopts_the_job_without_a_second_one(
     assert logs.read("triggerd", build.name).decode().count("half way") == 1
 
 
-async def test_recover_without_job_is_an_outcome(executor: KubernetesExecutor) -> None:
+async def test_recover_without_job(executor: KubernetesExecutor) -> None:
+    """Running without a Job: its pod is gone. Pending without a Job: the previous leader
+    never made it, so it is run (made now). Cancelled: the cancel deleted it."""
     build = make_build()
     running = dataclasses.replace(
         build, status=dataclasses.replace(build.status, phase=Phase.RUNNING)
     )
     outcome = await executor.recover(running)
     assert isinstance(outcome, Failed) and outcome.reason is Reason.BUILD_POD_DELETED
-    pending = await executor.recover(build)
-    assert isinstance(pending, Failed) and pending.reason is Reason.SERVER_RESTARTED
+    assert await executor.recover(build) is None
+    cancelled = dataclasses.replace(
+        running, status=dataclasses.replace(running.status, cancelled=True)
+    )
+    assert await executor.recover(cancelled) == Cancelled()
 
 
 async def test_watch_expiry_relists_and_resumes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -20,15 +21,18 @@ SECRET_WORDS = ("s3cr3t-value",)
 
 
 def make_build(name: str = "app", *, annotations: dict[str, str] | None = None,
+               request: requests.BuildRequest | None = None, namespace: str = "triggerd",
                **spec: Any) -> Build:  # fmt: skip
-    doc = factories.buildconfig_doc(name, namespace="triggerd")
+    """A Build of a BuildConfig with ``annotations`` and ``spec``, started by ``request``."""
+    doc = factories.buildconfig_doc(name, namespace=namespace)
     doc["spec"].update(spec)
     if annotations:
         doc["metadata"]["annotations"] = annotations
     config = buildconfigs.parse(doc)
     build = requests.instantiate(
-        config, requests.BuildRequest(), number=1, uid="build-uid", created=factories.T0
-    )
+        config, request or requests.BuildRequest(), number=1, uid="build-uid",
+        created=factories.T0,
+    )  # fmt: skip
     return build
 
 
@@ -91,7 +95,10 @@ def test_security_settings() -> None:
     assert spec["backoffLimit"] == 0
     assert spec["activeDeadlineSeconds"] == 900
     assert spec["ttlSecondsAfterFinished"] == 3600
-    assert spec["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    # an evicted pod ends the build (BuildPodEvicted): the Job fails, no second pod
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -147,33 +154,64 @@ def test_apparmor_annotation_is_optional() -> None:
     ("allowed", "asked", "privileged"),
     [(False, False, False), (False, True, False), (True, False, False), (True, True, True)],
 )
-def test_privileged_needs_both_the_setting_and_the_annotation(
+def test_privileged_needs_both_the_setting_and_the_buildconfig(
     allowed: bool, asked: bool, privileged: bool
 ) -> None:
+    """The annotation is on the BuildConfig only: the Build inherits it from there."""
     annotations = {jobs.PRIVILEGED_ANNOTATION: "true"} if asked else None
     build = make_build(annotations=annotations)
-    build = build if not asked else _with_annotations(build, annotations or {})
     job, _ = render(build, options(allow_privileged=allowed))
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     ctx = containers(job)["build"]["securityContext"]
     assert ctx.get("privileged", False) is privileged
 
 
-def _with_annotations(build: Build, annotations: dict[str, str]) -> Build:
-    import dataclasses
-
-    meta = dataclasses.replace(build.meta, annotations={**build.meta.annotations, **annotations})
-    return dataclasses.replace(build, meta=meta)
+@pytest.mark.parametrize("config_asks", [False, True], ids=["config-silent", "config-asks"])
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_a_build_request_cannot_switch_privileged(config_asks: bool, value: str) -> None:
+    """Any API caller (or webhook) can send a BuildRequest: its annotations neither ask for
+    a privileged pod nor take it away from a config that asks."""
+    request = requests.BuildRequest(annotations={jobs.PRIVILEGED_ANNOTATION: value, "x": "y"})
+    annotations = {jobs.PRIVILEGED_ANNOTATION: "true"} if config_asks else None
+    build = make_build(annotations=annotations, request=request)
+    assert build.meta.annotations["x"] == "y"  # other annotations still come along
+    job, _ = render(build, options(allow_privileged=True))
+    assert containers(job)["build"]["securityContext"].get("privileged", False) is config_asks
 
 
 def test_names_are_deterministic_short_dns_labels() -> None:
-    assert jobs.name_job("ns", "app-1") == "app-1-build"
+    name = jobs.name_job("ns", "app-1")
+    assert name.startswith("ns-app-1-") and name.endswith("-build")
+    assert name == jobs.name_job("ns", "app-1")
     long_name = "a" * 60 + ".b-1"
     name = jobs.name_job("ns", long_name)
     assert len(name) <= 63 and name == jobs.name_job("ns", long_name)
     assert name != jobs.name_job("other", long_name)
     assert all(c.isalnum() or c == "-" for c in name)
     assert jobs.label_value("x" * 80) != "x" * 80 and len(jobs.label_value("x" * 80)) <= 63
+
+
+def test_same_build_names_in_two_namespaces_get_two_jobs_and_selectors() -> None:
+    """Every build namespace's Jobs run in one namespace: team-a/app-1 and team-b/app-1
+    must not share a Job, and each one's pods are selected by its own labels."""
+    a = make_build(namespace="team-a")
+    b = dataclasses.replace(
+        make_build(namespace="team-b"),
+        meta=dataclasses.replace(make_build(namespace="team-b").meta, uid="other-uid"),
+    )
+    job_a, _ = render(a, options())
+    job_b, _ = render(b, options())
+    assert job_a["metadata"]["name"] != job_b["metadata"]["name"]
+    for job, build in ((job_a, a), (job_b, b)):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels[jobs.BUILD_NAMESPACE_LABEL] == build.namespace
+        assert labels[jobs.BUILD_UID_LABEL] == build.meta.uid
+        selector = jobs.pod_selector(build.namespace, build.name, build.meta.uid)
+        wanted = dict(part.split("=", 1) for part in selector.split(","))
+        assert wanted.items() <= labels.items()
+    other = dict(part.split("=", 1) for part in jobs.pod_selector("team-b", "app-1").split(","))
+    assert not other.items() <= job_a["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_the_plan_is_split_between_init_and_build_containers() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,13 +97,14 @@ async def test_leader_loses_on_conflict(
 ) -> None:
     a, _ = replicas
     assert await a.elector.try_once()
+    await async_wait_for(lambda: a.changes == [True], timeout=5, what="told it leads")
     lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
     assert lease is not None
     # Another writer moves the Lease on between a's read and write
     original_get = a.kube.get
 
-    async def get_then_steal(path: str) -> dict[str, object]:
-        doc = await original_get(path)
+    async def get_then_steal(path: str, **options: Any) -> dict[str, Any]:
+        doc = await original_get(path, **options)
         stolen = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
         assert stolen is not None
         stolen["spec"]["holderIdentity"] = "intruder"
@@ -114,7 +116,8 @@ async def test_leader_loses_on_conflict(
         assert not await a.elector.try_once()
     finally:
         a.kube.get = original_get  # type: ignore[method-assign]
-    assert a.changes == [True, False]
+    assert not a.elector.is_leader
+    await async_wait_for(lambda: a.changes == [True, False], timeout=5, what="told it lost")
     assert not await a.elector.try_once()  # the intruder's fresh lease is respected
 
 

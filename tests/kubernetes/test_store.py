@@ -273,19 +273,21 @@ async def test_kubectl_apply_is_seen_through_the_watch(
     task = asyncio.create_task(consume())
     try:
         await async_wait_for(lambda: seen, timeout=5, what="initial list")
-        assert (seen[0].type, seen[0].config.name) == ("ADDED", "app")
+        assert (seen[0].type, seen[0].name) == ("ADDED", "app")
         applied = factories.buildconfig_doc("web", namespace=NAMESPACE)
         applied["apiVersion"] = "triggerd.dev/v1"
         apiserver.put(BCS, applied)  # what `kubectl apply -f web.yaml` does
         await async_wait_for(lambda: len(seen) >= 2, timeout=5, what="web added")
-        assert (seen[1].type, seen[1].config.name) == ("ADDED", "web")
+        assert (seen[1].type, seen[1].name) == ("ADDED", "web")
+        assert seen[1].config is not None and seen[1].config.name == "web"
         apiserver.compact()
         apiserver.remove(BCS, NAMESPACE, "app")
         await async_wait_for(
             lambda: any(e.type == "DELETED" for e in seen), timeout=5, what="app deleted"
         )
-        deleted = [e.config.name for e in seen if e.type == "DELETED"]
-        assert deleted == ["app"]
+        deleted = [e for e in seen if e.type == "DELETED"]
+        assert [e.name for e in deleted] == ["app"]
+        assert deleted[0].config is not None and deleted[0].config.name == "app"
         assert apiserver.calls.gone >= 1
     finally:
         task.cancel()

@@ -10,6 +10,11 @@ build containers' logs are streamed (follow) into the :class:`~triggerd.logs.Log
 the log API works while the build runs and after the pod is gone. Cancel deletes the Job
 with background propagation.
 
+Only what the cluster says ends a build: a dropped connection, a 5xx or a throttled request
+while watching, reading the Job or streaming a log is retried (the watch resumes from its
+resourceVersion, the log from the byte it had reached). After a Failed or Error outcome the
+Job is deleted, so nothing keeps building or pushing for a build that has ended.
+
 It never mounts a Docker socket, never puts a secret value into a Job (Secret volumes
 only), and never creates a second Job for a Build.
 """
@@ -19,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from triggerd.executors.base import Cancelled, Failed, Outcome, Reporter, Succeeded
@@ -38,6 +45,11 @@ LOG_DRAIN_SECONDS = 10.0
 #: A stale Job of an earlier, same-named build is deleted; how often to retry the create.
 STALE_JOB_ATTEMPTS = 30
 STALE_JOB_WAIT_SECONDS = 1.0
+#: Transient API trouble (no answer, 429, 5xx) is retried after this long, doubling.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 15.0
+#: How often creating the Job may fail transiently before the build fails.
+CREATE_ATTEMPTS = 6
 
 
 @dataclass(slots=True)
@@ -57,10 +69,16 @@ class _Progress:
     #: container name → its log can be read (set) / it will never start (finished run)
     ready: dict[str, asyncio.Event] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
+    #: when the pod was first seen stopped from outside, without its Job saying why yet
+    stopped_since: float | None = None
 
 
 def job_options(
-    settings: KubernetesSettings, build: Build, *, owner_builds: bool
+    settings: KubernetesSettings,
+    build: Build,
+    *,
+    owner_builds: bool,
+    layer_cache_registry: str | None = None,
 ) -> jobs.JobOptions:
     """The renderer's options for ``build`` (owner is the Build CR when that store is used)."""
     return jobs.JobOptions(
@@ -77,6 +95,7 @@ def job_options(
         node_selector=settings.node_selector,
         fetch_uid=settings.fetch_uid,
         insecure_registries=settings.insecure_registries,
+        layer_cache_registry=layer_cache_registry,
         owner_uid=build.meta.uid if owner_builds else "",
     )
 
@@ -92,6 +111,8 @@ class KubernetesExecutor:
         *,
         owner_builds: bool = False,
         recheck_seconds: int = 30,
+        layer_cache_registry: str | None = None,
+        stop_explained_within: float = 60.0,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -99,6 +120,11 @@ class KubernetesExecutor:
         self.owner_builds = owner_builds
         #: watches end (and the Job is re-read) this often: catches Job-level failures
         self.recheck_seconds = recheck_seconds
+        #: the ``layerCacheRegistry`` setting (the cache annotation of a build wins)
+        self.layer_cache_registry = layer_cache_registry
+        #: a pod stopped from outside whose Job still says nothing after this long was
+        #: deleted under the build (the Job controller normally says so within seconds)
+        self.stop_explained_within = stop_explained_within
         self._active: dict[tuple[str, str], _Active] = {}
 
     @property
@@ -116,7 +142,12 @@ class KubernetesExecutor:
             raise RuntimeError(f"build {build.namespace}/{build.name} is already running")
         active = self._active[key] = _Active()
         try:
-            options = job_options(self.settings, build, owner_builds=self.owner_builds)
+            options = job_options(
+                self.settings,
+                build,
+                owner_builds=self.owner_builds,
+                layer_cache_registry=self.layer_cache_registry,
+            )
             try:
                 refuse_unsupported(build)
                 plan = buildah.render(build, jobs.plan_context(build, options))
@@ -139,7 +170,12 @@ class KubernetesExecutor:
             if active.cancel_requested:
                 await self._delete_job(job_name)
                 return Cancelled()
-            return await self._follow(build, job_name, plan, reporter, active, adopted=adopted)
+            outcome = await self._follow(build, job_name, plan, reporter, active, adopted=adopted)
+            if isinstance(outcome, Failed):
+                # Ended (evicted, deleted, failed, out of time): nothing may go on building
+                # or pushing for it, not even a pod the Job controller would start next.
+                await self._delete_job_quietly(job_name)
+            return outcome
         finally:
             del self._active[key]
 
@@ -194,8 +230,11 @@ class KubernetesExecutor:
         return deleted or active is not None
 
     async def recover(self, build: Build) -> Outcome | None:
-        """None when the build's Job still exists (the engine runs it again: adoption);
-        otherwise the build is over and nothing can say how it went."""
+        """None when the engine should run the build again: its Job exists (adopted), or
+        it is Pending and its Job was never made (the previous leader stopped in between;
+        the Job's name is the build's, so a create that races another is adopted).
+        Otherwise the build is over: cancelled, or its Job is gone and nothing can say how
+        it went."""
         try:
             await self.kube.get(
                 path_for(
@@ -208,12 +247,10 @@ class KubernetesExecutor:
         except KubeError as e:
             if not e.not_found:
                 raise
+            if build.status.cancelled:
+                return Cancelled()  # its Job was deleted by the cancel
             if build.phase is Phase.PENDING:
-                return Failed(
-                    reason=Reason.SERVER_RESTARTED,
-                    message=Reason.SERVER_RESTARTED.message,
-                    log_snippet="",
-                )
+                return None
             return jobs.pod_deleted()
         return None
 
@@ -224,20 +261,32 @@ class KubernetesExecutor:
         A Job of the same name left by an earlier Build of the same name (its config was
         deleted and made again while the Job waited for its TTL) is not adopted: it is
         deleted and the Job made anew."""
-        for _ in range(STALE_JOB_ATTEMPTS):
+        delay, failures = RETRY_FIRST_SECONDS, 0
+        for _ in range(STALE_JOB_ATTEMPTS + CREATE_ATTEMPTS):
             try:
-                await self.kube.create(self.jobs_path, manifest)
-                return False
-            except KubeError as e:
-                if not e.conflict:
+                try:
+                    await self.kube.create(self.jobs_path, manifest)
+                    return False
+                except KubeError as e:
+                    if not e.conflict:
+                        raise
+                path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+                try:
+                    existing = await self.kube.get(path)
+                except KubeError as e:
+                    if e.not_found:
+                        continue  # gone in between: create again
                     raise
-            path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
-            try:
-                existing = await self.kube.get(path)
             except KubeError as e:
-                if e.not_found:
-                    continue  # gone in between: create again
-                raise
+                # A create whose answer was lost may have made the Job: the next attempt
+                # finds it (409) and adopts it.
+                failures += 1
+                if not e.transient or failures >= CREATE_ATTEMPTS:
+                    raise
+                log.warning("creating Job %s failed (%s); retrying", job_name, e.status)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
             owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(
                 jobs.BUILD_UID_ANNOTATION, ""
             )
@@ -259,6 +308,20 @@ class KubernetesExecutor:
                 return False
             raise
         return True
+
+    async def _delete_job_quietly(self, job_name: str) -> None:
+        delay = RETRY_FIRST_SECONDS
+        for _ in range(CREATE_ATTEMPTS):
+            try:
+                await self._delete_job(job_name)
+                return
+            except KubeError as e:
+                if not e.transient:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        # Its TTL removes it eventually; the pod has ended by itself in most such cases.
+        log.warning("could not delete Job %s of an ended build", job_name)
 
     async def _follow(
         self,
@@ -306,24 +369,35 @@ class KubernetesExecutor:
         progress: _Progress,
     ) -> Outcome:
         deadline = build.spec.completion_deadline_seconds
-        selector = f"{jobs.JOB_LABEL}={job_name}"
+        selector = jobs.pod_selector(build.namespace, build.name, build.meta.uid)
         resource_version = ""
+        delay = RETRY_FIRST_SECONDS
 
-        async def observe(pod: dict[str, Any]) -> Outcome | None:
-            return await self._observe(pod, plan, deadline, reporter, progress)
+        async def look(pod: dict[str, Any] | None) -> Outcome | None:
+            """The outcome after this pod event (None: a deleted pod), or None yet."""
+            if pod is not None:
+                outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                if outcome is not None or progress.stopped_since is None:
+                    return outcome
+            elif progress.stopped_since is None:
+                progress.stopped_since = time.monotonic()
+            return await self._check_job(job_name, plan, deadline, active, progress, selector)
 
         while True:
-            if not resource_version:
-                listed = await self.kube.list(self.pods_path, label_selector=selector)
-                resource_version = str((listed.get("metadata") or {}).get("resourceVersion", ""))
-                for pod in listed.get("items") or []:
-                    outcome = await self._observe(pod, plan, deadline, reporter, progress)
-                    if outcome is not None:
-                        return self._finish(build, outcome)
-            outcome = await self._check_job(job_name, plan, deadline, active, observe)
-            if outcome is not None:
-                return self._finish(build, outcome)
             try:
+                if not resource_version:
+                    listed = await self.kube.list(self.pods_path, label_selector=selector)
+                    meta = listed.get("metadata") or {}
+                    resource_version = str(meta.get("resourceVersion", ""))
+                    for pod in _oldest_first(listed.get("items") or []):
+                        outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                        if outcome is not None:
+                            return self._finish(build, outcome)
+                outcome = await self._check_job(
+                    job_name, plan, deadline, active, progress, selector
+                )
+                if outcome is not None:
+                    return self._finish(build, outcome)
                 async for kind, pod in self._watch(
                     selector, resource_version, active, self.recheck_seconds
                 ):
@@ -331,20 +405,20 @@ class KubernetesExecutor:
                     resource_version = str(version or resource_version)
                     if kind == "BOOKMARK":
                         continue
-                    if kind == "DELETED":
-                        outcome = await self._check_job(job_name, plan, deadline, active, observe)
-                    else:
-                        outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                    outcome = await look(None if kind == "DELETED" else pod)
                     if outcome is not None:
                         return self._finish(build, outcome)
+                delay = RETRY_FIRST_SECONDS
             except WatchExpired:
                 log.info("watch of Job %s pods expired; relisting", job_name)
                 resource_version = ""
             except KubeError as e:
-                if e.status not in (0, 429, 500, 502, 503, 504):
+                if not e.transient:
                     raise
-                log.warning("watching Job %s failed (%s); retrying", job_name, e.status)
-                await asyncio.sleep(1.0)
+                # The build goes on in the cluster: pick the watch up where it was.
+                log.warning("following Job %s failed (%s); resuming", job_name, e.status)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _watch(
         self, selector: str, resource_version: str, active: _Active, seconds: int
@@ -390,35 +464,49 @@ class KubernetesExecutor:
         plan: Plan,
         deadline: int,
         active: _Active,
-        observe: Callable[[dict[str, Any]], Awaitable[Outcome | None]],
+        progress: _Progress,
+        selector: str,
     ) -> Outcome | None:
+        """What the Job says: an outcome, or None while the build goes on (or while a pod
+        stopped from outside waits for the Job to say why)."""
         try:
-            job = await self.kube.get(
+            job: dict[str, Any] | None = await self.kube.get(
                 path_for("batch/v1", "jobs", self.settings.namespace, job_name)
             )
         except KubeError as e:
             if not e.not_found:
                 raise
-            return Cancelled() if active.cancel_requested else jobs.pod_deleted()
+            job = None
         if active.cancel_requested:
-            await self._delete_job(job_name)
+            if job is not None:
+                await self._delete_job(job_name)
             return Cancelled()
-        outcome = jobs.read_job(job, deadline_seconds=deadline)
-        if _completed(job) or (
-            isinstance(outcome, Failed) and outcome.reason is Reason.BUILD_POD_DELETED
-        ):
+        if job is not None and jobs.job_finished(job):
             # The Job ended because its pod did: the pod (if still there) says how.
-            listed = await self.kube.list(
-                self.pods_path, label_selector=f"{jobs.JOB_LABEL}={job_name}"
+            listed = await self.kube.list(self.pods_path, label_selector=selector)
+            for pod in reversed(_oldest_first(listed.get("items") or [])):
+                view = jobs.read_pod(pod, image=plan.image, deadline_seconds=deadline)
+                if view.outcome is not None:
+                    return view.outcome
+            if _completed(job):
+                # Finished while nobody watched and its pod is gone: the digest is lost.
+                return Succeeded(digest="", image_reference=plan.image)
+        if job is not None:
+            # Failed (deadline, eviction policy, a pod deleted under it), or about to.
+            decided = jobs.read_job(job, deadline_seconds=deadline)
+            if decided is not None:
+                return decided
+        if job is None or progress.stopped_since is not None:
+            # The pod was stopped from outside (or the Job is gone): the Job says why.
+            explained = jobs.explain_stop(
+                job, deadline_seconds=deadline, cancelled=False, now=datetime.now(UTC)
             )
-            for pod in listed.get("items") or []:
-                found = await observe(pod)
-                if found is not None:
-                    return found
-        if outcome is None and _completed(job):
-            # Finished while nobody watched and its pod is gone: the digest is lost.
-            outcome = Succeeded(digest="", image_reference=plan.image)
-        return outcome
+            if explained is not None:
+                return explained
+            assert progress.stopped_since is not None
+            if time.monotonic() - progress.stopped_since > self.stop_explained_within:
+                return jobs.pod_deleted()
+        return None
 
     async def _observe(
         self,
@@ -431,8 +519,9 @@ class KubernetesExecutor:
         view = jobs.read_pod(pod, image=plan.image, deadline_seconds=deadline)
         name = str((pod.get("metadata") or {}).get("name", ""))
         if name != progress.pod and progress.pod:
-            # A replacement pod (the first was disrupted): its logs start over.
+            # A replacement pod (the Job made another): its logs start over.
             progress.started.clear()
+            progress.stopped_since = None
         progress.pod = name
         for container, ready in (
             (jobs.FETCH_CONTAINER, view.fetch_log_ready),
@@ -453,6 +542,8 @@ class KubernetesExecutor:
         if view.build_result is not None:
             for stage in view.build_result.stages:
                 await self._stage(stage, reporter, progress)
+        if view.stopped and progress.stopped_since is None:
+            progress.stopped_since = time.monotonic()
         return view.outcome
 
     async def _stage(self, stage: Any, reporter: Reporter, progress: _Progress) -> None:
@@ -475,14 +566,56 @@ class KubernetesExecutor:
             await progress.ready[container].wait()
             if container not in progress.started:
                 continue
-            path = path_for("v1", "pods", self.settings.namespace, progress.pod) + "/log"
+            await self._stream_log(writer, progress.pod, container)
+
+    async def _stream_log(self, writer: LogWriter, pod: str, container: str) -> None:
+        """Follow one container's log into ``writer`` until the container has ended.
+
+        A stream cut short (a dropped connection, an API server restart) is opened again
+        and the bytes already written are skipped, so the log has every byte once. (The
+        kubelet serves the whole log again unless it rotated the file in between, which
+        it does at containerLogMaxSize, 10 MiB by default.)"""
+        path = path_for("v1", "pods", self.settings.namespace, pod) + "/log"
+        written = 0
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            skip = written
             try:
                 async for chunk in self.kube.stream(
                     path, {"container": container, "follow": "true"}
                 ):
+                    if skip >= len(chunk):
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
                     writer.write(chunk)
+                    written += len(chunk)
+                if not await self._still_running(pod, container):
+                    return
+                log.info("the %s log of %s ended early; resuming", container, pod)
             except KubeError as e:
-                writer.line(f"--> the {container} container's log is unavailable ({e.status})")
+                if not e.transient:
+                    writer.line(f"--> the {container} container's log is unavailable ({e.status})")
+                    return
+                log.warning("following the %s log of %s failed (%s); resuming",
+                            container, pod, e.status)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _still_running(self, pod: str, container: str) -> bool:
+        """Whether ``container`` of ``pod`` still runs (its log stream should go on)."""
+        try:
+            doc = await self.kube.get(path_for("v1", "pods", self.settings.namespace, pod))
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise
+        status = doc.get("status") or {}
+        for item in [*(status.get("initContainerStatuses") or []),
+                     *(status.get("containerStatuses") or [])]:  # fmt: skip
+            if isinstance(item, dict) and item.get("name") == container:
+                return bool((item.get("state") or {}).get("running"))
+        return False
 
 
 #: Which build step a missing Secret of the pod would have failed (as the host executor
@@ -508,6 +641,12 @@ def refuse_unsupported(build: Build) -> None:
             "and is not shipped into build pods; use a Git source (or an inline Dockerfile) "
             "or run this BuildConfig on a triggerd with executor local",
         )
+
+
+def _oldest_first(pods: list[Any]) -> list[dict[str, Any]]:
+    """The build's pods, oldest first (a replacement last)."""
+    found = [p for p in pods if isinstance(p, dict)]
+    return sorted(found, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")))
 
 
 def _completed(job: dict[str, Any]) -> bool:
@@ -540,7 +679,7 @@ class PodLogs:
 
     async def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The build's newest pod (a disrupted first pod is replaced by the Job)."""
-        selector = f"{jobs.JOB_LABEL}={jobs.name_job(namespace, name)}"
+        selector = jobs.pod_selector(namespace, name)
         try:
             listed = await self.kube.list(self.pods_path, label_selector=selector)
         except KubeError as e:
@@ -591,9 +730,10 @@ class PodLogs:
                 )
                 if ready:
                     break
-                if view.outcome is not None or (pod.get("status") or {}).get("phase") in (
-                    "Succeeded",
-                    "Failed",
+                if (
+                    view.outcome is not None
+                    or view.stopped
+                    or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
                 ):
                     return  # ended without this container running
                 changed = await self._next_version(namespace, name, pod_name, resource_version)
@@ -616,7 +756,7 @@ class PodLogs:
     ) -> tuple[dict[str, Any], str] | None:
         """The pod after its next change (a watch of the Job's pods from
         ``resource_version``), or None when it is gone."""
-        selector = f"{jobs.JOB_LABEL}={jobs.name_job(namespace, name)}"
+        selector = jobs.pod_selector(namespace, name)
         while True:
             try:
                 async for kind, obj in self.kube.watch(

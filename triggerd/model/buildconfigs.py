@@ -24,6 +24,12 @@ DEFAULT_HISTORY_LIMIT = 5
 PAUSED_ANNOTATION = "openshift.io/build-config.paused"
 #: The registry repository a config's layer cache lives in ("none" turns it off).
 CACHE_ANNOTATION = "triggerd.dev/cache-repository"
+#: Asks for a privileged build pod (honoured only where the settings allow it). Only the
+#: BuildConfig can ask: its Builds inherit it, a BuildRequest can neither set nor drop it.
+PRIVILEGED_ANNOTATION = "triggerd.dev/privileged"
+#: status.conditions type saying whether triggerd accepts a stored config (configs applied
+#: with kubectl skip triggerd's checks; a False condition says what is wrong).
+VALID_CONDITION = "Valid"
 
 
 class RunPolicy(StrEnum):

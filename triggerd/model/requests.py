@@ -26,8 +26,13 @@ STRATEGY_KEYS = {
     specs.StrategyType.SOURCE: "sourceStrategy",
     specs.StrategyType.CUSTOM: "customStrategy",
 }
-#: BuildConfig annotations a Build carries over because its executor reads them.
-INHERITED_ANNOTATIONS = frozenset({buildconfigs.CACHE_ANNOTATION})
+#: BuildConfig annotations a Build carries over because its executor reads them. They are
+#: the config's alone: a BuildRequest (any API caller, a webhook) can neither set nor clear
+#: them — the privileged switch and where the layer cache is pushed (with the push secret)
+#: are for whoever may change the BuildConfig.
+INHERITED_ANNOTATIONS = frozenset(
+    {buildconfigs.CACHE_ANNOTATION, buildconfigs.PRIVILEGED_ANNOTATION}
+)
 MANUAL_CAUSE = "Manually triggered"
 
 
@@ -131,8 +136,8 @@ def instantiate(
         builds.START_POLICY_LABEL: config.run_policy.value,
     }
     annotations = {
+        **{k: v for k, v in request.annotations.items() if k not in INHERITED_ANNOTATIONS},
         **{k: v for k, v in config.meta.annotations.items() if k in INHERITED_ANNOTATIONS},
-        **request.annotations,
         builds.CONFIG_ANNOTATION: config.name,
         builds.NUMBER_ANNOTATION: str(number),
     }

@@ -7,8 +7,10 @@ load/store round trip unchanged. Every check reports its field path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -240,6 +242,15 @@ class SourceRevision:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceRequirements:
+    """``spec.resources`` (Kubernetes' ResourceRequirements): resource name → quantity, as
+    given (``"500m"``, ``"2Gi"``; a YAML number is kept as its text)."""
+
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommonSpec:
     """Typed view of a spec; ``raw`` is the canonical document it was parsed from."""
 
@@ -250,6 +261,8 @@ class CommonSpec:
     completion_deadline_seconds: int = DEFAULT_COMPLETION_DEADLINE_SECONDS
     node_selector: Mapping[str, str] = field(default_factory=dict)
     post_commit: PostCommit = field(default_factory=PostCommit)
+    #: for the build container (the Kubernetes executor; the host executor has no such cap)
+    resources: ResourceRequirements = field(default_factory=ResourceRequirements)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -290,8 +303,93 @@ def parse_common_spec(spec: Doc, fields: Fields, path: str = "spec") -> CommonSp
         post_commit=_parse_post_commit(
             fields.mapping(spec, "postCommit", f"{path}.postCommit"), fields, f"{path}.postCommit"
         ),
+        resources=_parse_resources(
+            fields.mapping(spec, "resources", f"{path}.resources"), fields, f"{path}.resources"
+        ),
         raw=spec,
     )
+
+
+# Quantities (Kubernetes resource.Quantity) ---------------------------------------------------
+
+_QUANTITY = re.compile(
+    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
+_SUFFIXES: Mapping[str, Decimal] = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{
+        unit: Decimal(1024) ** (i + 1)
+        for i, unit in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))
+    },
+}
+#: A resource name: a qualified name (``cpu``, ``hugepages-2Mi``, ``example.com/gpu``).
+_RESOURCE_NAME = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity (``"500m"`` is 0.5, ``"1Gi"`` 1073741824);
+    ValueError when ``text`` is not one."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a quantity (such as 500m, 2, 1.5Gi, 100M)")
+    suffix = match.group("suffix") or ""
+    try:
+        number = Decimal(match.group("number"))
+        if suffix[:1] in ("e", "E"):
+            return number * Decimal(10) ** int(suffix[1:])
+        return number * _SUFFIXES[suffix]
+    except (InvalidOperation, ValueError, OverflowError) as e:
+        raise ValueError(f"{text!r} is not a quantity") from e
+
+
+def _parse_resources(doc: Doc, fields: Fields, path: str) -> ResourceRequirements:
+    parsed: dict[str, dict[str, str]] = {}
+    values: dict[str, dict[str, Decimal]] = {}
+    for key in doc:
+        if key == "claims":
+            fields.error(f"{path}.claims", "resource claims are not supported for builds")
+        elif key not in ("requests", "limits"):
+            fields.error(f"{path}.{key}", "unknown field: expected requests or limits")
+    for part in ("requests", "limits"):
+        parsed[part], values[part] = {}, {}
+        for name, raw in fields.mapping(doc, part, f"{path}.{part}").items():
+            where = f"{path}.{part}.{name}"
+            if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
+                fields.error(where, "must be a resource name such as cpu or memory")
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+                fields.error(where, "must be a quantity such as 500m or 2Gi")
+                continue
+            text = str(raw)
+            try:
+                value = parse_quantity(text)
+            except ValueError as e:
+                fields.error(where, str(e))
+                continue
+            if value < 0:
+                fields.error(where, "must not be negative")
+                continue
+            parsed[part][name], values[part][name] = text, value
+    for name, request in values["requests"].items():
+        limit = values["limits"].get(name)
+        if limit is not None and request > limit:
+            fields.error(
+                f"{path}.requests.{name}",
+                f"must be less than or equal to the {name} limit {parsed['limits'][name]}",
+            )
+    return ResourceRequirements(requests=parsed["requests"], limits=parsed["limits"])
 
 
 def parse_revision(doc: Doc, fields: Fields, path: str) -> SourceRevision:

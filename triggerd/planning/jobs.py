@@ -9,10 +9,19 @@ projected into files by a downward-API volume, so no ConfigMap has to be created
 up; each container writes its result JSON to its termination message, which is how the
 digest, the revision and the failure reason come back.
 
-The reading half (:func:`read_pod`, :func:`read_job`) turns pod and Job status documents
-into an Outcome, with OpenShift's reasons for OOM kills, evictions and deadlines. This
-module never talks to the API server, never mounts a Docker socket, and never puts a secret
-value in a manifest (credentials are Secret volume references).
+The reading half (:func:`read_pod`, :func:`read_job`, :func:`explain_stop`) turns pod and
+Job status documents into an Outcome, with OpenShift's reasons for OOM kills, evictions and
+deadlines. A pod stopped from outside (its containers got SIGTERM, it is being deleted)
+does not say why by itself: its Job does (deadline, eviction policy, gone after a cancel).
+
+Evictions end the build, as on OpenShift: a pod with a ``DisruptionTarget`` condition (a
+drain, preemption, node pressure) or ``reason: Evicted`` is Failed/BuildPodEvicted, and the
+Job's pod failure policy fails the Job on such a pod instead of starting a second one (which
+would build and push again for a build already reported Failed). The executor deletes the
+Job after every Failed or Error outcome for the same reason.
+
+This module never talks to the API server, never mounts a Docker socket, and never puts a
+secret value in a manifest (credentials are Secret volume references).
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Final
 
-from triggerd.executors.base import Failed, Outcome, Succeeded
+from triggerd.executors.base import Cancelled, Failed, Outcome, Succeeded
+from triggerd.images import references
+from triggerd.model import buildconfigs, specs
 from triggerd.model import meta as metas
-from triggerd.model.builds import Build, Reason, Stage, StageName
+from triggerd.model.builds import CONFIG_LABEL, Build, Reason, Stage, StageName
 from triggerd.model.specs import SourceRevision, VolumeSourceType
-from triggerd.planning.buildah import PlanContext
+from triggerd.planning.buildah import PlanContext, Unplannable
 from triggerd.planning.plan import (
     Capture,
     Command,
@@ -43,13 +55,20 @@ MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "triggerd"
 BUILD_NAME_LABEL: Final = "openshift.io/build.name"
 JOB_LABEL: Final = "triggerd.dev/job"
+#: On the Job and its pods, so pods are found by the build's identity: a Job of an earlier
+#: same-named build (or a same-named build of another namespace) never matches.
+BUILD_NAMESPACE_LABEL: Final = "triggerd.dev/build-namespace"
+BUILD_UID_LABEL: Final = "triggerd.dev/build-uid"
 BUILD_NAMESPACE_ANNOTATION: Final = "triggerd.dev/build-namespace"
 BUILD_ANNOTATION: Final = "triggerd.dev/build"
 BUILD_UID_ANNOTATION: Final = "triggerd.dev/build-uid"
 FETCH_PLAN_ANNOTATION: Final = "triggerd.dev/fetch-plan"
 BUILD_PLAN_ANNOTATION: Final = "triggerd.dev/build-plan"
-#: On the BuildConfig (copied to the Build): ask for a privileged build pod.
-PRIVILEGED_ANNOTATION: Final = "triggerd.dev/privileged"
+#: On the BuildConfig (inherited by its Builds, never from a BuildRequest): ask for a
+#: privileged build pod.
+PRIVILEGED_ANNOTATION: Final = buildconfigs.PRIVILEGED_ANNOTATION
+#: The build's layer cache repository (or "none"), as for the host executor.
+CACHE_ANNOTATION: Final = buildconfigs.CACHE_ANNOTATION
 APPARMOR_ANNOTATION_PREFIX: Final = "container.apparmor.security.beta.kubernetes.io/"
 
 FETCH_CONTAINER: Final = "fetch"
@@ -72,6 +91,9 @@ INPUT_CONFIG_MAPS_DIR: Final = "/var/run/configmaps/triggerd/inputs"
 #: The pod's own emptyDir (the root filesystem is read-only), not the host's /tmp.
 POD_TMP: Final = "/tmp"  # noqa: S108
 AUTH_FILE: Final = "config.json"
+#: The pull secret's auths plus the push secret's for the layer cache repository, in the
+#: pod's own tmp (``buildah build`` takes one auth file for its pulls and --cache-to).
+CACHE_AUTH_FILE: Final = "/tmp/build-auth.json"  # noqa: S108 - the pod's emptyDir
 SSH_KEY_FILE: Final = "ssh-privatekey"
 #: Keys of a kubernetes.io/basic-auth source secret.
 BASIC_USERNAME_FILE: Final = "username"
@@ -106,8 +128,11 @@ class JobOptions:
     requests: Mapping[str, str] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
-    fetch_uid: int = 1000
+    #: the image's own non-root user (OpenSSH needs a passwd entry for it)
+    fetch_uid: int = 10001
     insecure_registries: frozenset[str] = frozenset()
+    #: ``layerCacheRegistry``: builds cache layers in ``<it>/<namespace>/<buildconfig>``
+    layer_cache_registry: str | None = None
     #: the Build custom resource's uid when the Build is one (ownerReference), else ""
     owner_uid: str = ""
     owner_api_version: str = "triggerd.dev/v1"
@@ -117,14 +142,27 @@ class JobOptions:
 
 
 def name_job(namespace: str, build_name: str) -> str:
-    """The Job's name: ``<build>-build`` like OpenShift's build pod, a DNS label of at most
-    63 characters; a hash of the full identity replaces whatever had to be cut or changed."""
-    wanted = f"{build_name}-build"
-    if len(wanted) <= _MAX_NAME and not _NOT_LABEL_CHARS.search(wanted):
-        return wanted
-    digest = hashlib.sha256(f"{namespace}/{build_name}".encode()).hexdigest()[:10]
-    head = _NOT_LABEL_CHARS.sub("-", build_name.lower())[: _MAX_NAME - 17].strip("-")
+    """The Job's name, from the build's namespace and name: every build namespace shares
+    the one namespace Jobs run in, so ``team-a/app-1`` and ``team-b/app-1`` must not meet.
+
+    ``<namespace>-<build>`` (cut to fit), a hash of the full identity and ``-build`` like
+    OpenShift's build pod: a DNS label of at most 63 characters, the same every time."""
+    digest = hashlib.sha256(f"{namespace}/{build_name}".encode()).hexdigest()[:8]
+    room = _MAX_NAME - len("-") - len(digest) - len("-build")
+    head = _NOT_LABEL_CHARS.sub("-", f"{namespace}-{build_name}".lower())[:room].strip("-")
     return f"{head}-{digest}-build"
+
+
+def pod_selector(namespace: str, build_name: str, uid: str = "") -> str:
+    """The label selector of the build's pods (of its uid's Job when ``uid`` is known)."""
+    parts = [
+        f"{JOB_LABEL}={name_job(namespace, build_name)}",
+        f"{BUILD_NAMESPACE_LABEL}={label_value(namespace)}",
+        f"{BUILD_NAME_LABEL}={label_value(build_name)}",
+    ]
+    if uid:
+        parts.append(f"{BUILD_UID_LABEL}={label_value(uid)}")
+    return ",".join(parts)
 
 
 def label_value(text: str) -> str:
@@ -175,6 +213,34 @@ def git_credential_helper(directory: str) -> str:
     )
 
 
+def cache_repository(build: Build, layer_cache_registry: str | None) -> str | None:
+    """The registry layer cache of ``build``, as the host executor picks it: the cache
+    annotation (inherited from the BuildConfig; "none" or "" turns it off), else
+    ``<layerCacheRegistry>/<namespace>/<buildconfig>``; Unplannable when it names a tag."""
+    explicit = build.meta.annotations.get(CACHE_ANNOTATION)
+    if explicit is not None:
+        if explicit in ("", "none"):
+            return None
+        candidate = explicit
+    else:
+        config = build.meta.labels.get(CONFIG_LABEL, "")
+        if not layer_cache_registry or not config:
+            return None
+        candidate = f"{layer_cache_registry.rstrip('/')}/{build.namespace}/{config}"
+    try:
+        ref = references.parse(candidate)
+    except ValueError as e:
+        raise Unplannable(
+            Reason.GENERIC_BUILD_FAILED, f"layer cache repository {candidate!r}: {e}"
+        ) from e
+    if ref.digest or ":" in candidate.rsplit("/", 1)[-1]:
+        raise Unplannable(
+            Reason.GENERIC_BUILD_FAILED,
+            f"layer cache repository {candidate!r} must be a repository, not a tag",
+        )
+    return ref.name
+
+
 def plan_context(build: Build, options: JobOptions) -> PlanContext:
     """The PlanContext for a build pod: the paths the pod spec below mounts."""
     output = build.spec.output
@@ -201,6 +267,7 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         },
         secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
         config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
+        cache_repository=cache_repository(build, options.layer_cache_registry),
     )
 
 
@@ -241,12 +308,19 @@ def split_plan(plan: Plan) -> SplitPlan:
 def render_job(build: Build, plan: Plan, options: JobOptions) -> dict[str, Any]:
     """The batch/v1 Job that runs ``plan`` (rendered with :func:`plan_context`)."""
     parts = split_plan(plan)
+    if build.spec.output.push_secret:
+        parts = dataclasses.replace(
+            parts, build=cache_credentials(parts.build, f"{PUSH_SECRET_DIR}/{AUTH_FILE}")
+        )
     job_name = name_job(build.namespace, build.name)
     labels = {
         BUILD_NAME_LABEL: label_value(build.name),
+        BUILD_NAMESPACE_LABEL: label_value(build.namespace),
         MANAGED_BY_LABEL: MANAGED_BY,
         JOB_LABEL: job_name,
     }
+    if build.meta.uid:
+        labels[BUILD_UID_LABEL] = label_value(build.meta.uid)
     annotations = {
         BUILD_NAMESPACE_ANNOTATION: build.namespace,
         BUILD_ANNOTATION: build.name,
@@ -305,11 +379,15 @@ def render_job(build: Build, plan: Plan, options: JobOptions) -> dict[str, Any]:
             "backoffLimit": 0,
             "activeDeadlineSeconds": build.spec.completion_deadline_seconds,
             "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
-            # A drained node or preemption is not the build's fault: let the Job retry.
+            # An evicted or preempted pod ends the build as Failed/BuildPodEvicted (as on
+            # OpenShift, and as the executor reports it): the Job fails at once instead of
+            # starting a second pod that would build and push for a finished build. The
+            # condition's reason (PodFailurePolicy) tells the executor why, should it only
+            # see the Job.
             "podFailurePolicy": {
                 "rules": [
                     {
-                        "action": "Ignore",
+                        "action": "FailJob",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
                     }
                 ]
@@ -462,7 +540,7 @@ def _build_container(
         "command": _runner_command("build.json"),
         "env": env,
         "volumeMounts": mounts,
-        "resources": _resources(options),
+        "resources": build_resources(build, options),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": security,
@@ -476,6 +554,98 @@ def _resources(options: JobOptions) -> dict[str, Any]:
     if options.limits:
         out["limits"] = dict(options.limits)
     return out
+
+
+def build_resources(build: Build, options: JobOptions) -> dict[str, Any]:
+    """The build container's resources: the build's ``spec.resources`` (OpenShift's field,
+    from its BuildConfig) over the settings' defaults, resource by resource.
+
+    A default may not contradict what the build asks (the API refuses a request above its
+    limit): a default limit below the build's request is raised to it, and a default request
+    above the build's limit is lowered to it."""
+    asked = build.spec.resources
+    requests = {**options.requests, **asked.requests}
+    limits = {**options.limits, **asked.limits}
+    for name in set(requests) & set(limits):
+        request, limit = specs.parse_quantity(requests[name]), specs.parse_quantity(limits[name])
+        if request <= limit:
+            continue
+        if name in asked.requests and name not in asked.limits:
+            limits[name] = requests[name]
+        elif name in asked.limits and name not in asked.requests:
+            requests[name] = limits[name]
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+#: Run in the build container before ``buildah build``: the pull secret's auths, plus the
+#: push secret's entry for the cache repository's registry stored under the repository
+#: itself (containers-auth.json takes the most specific key: the cache push then uses the
+#: push credentials, every pull the pull secret's). Arguments: push file, pull file, cache
+#: repository, output file. Only paths are in the plan, never a credential.
+MERGE_AUTH_SCRIPT: Final = """\
+import json, os, sys
+push, pull, repo, out = sys.argv[1:5]
+def auths(path):
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    found = doc.get("auths") if isinstance(doc, dict) else None
+    return found if isinstance(found, dict) else {}
+def scope(key):
+    key = key.split("://", 1)[-1].rstrip("/")
+    for suffix in ("/v1", "/v2"):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+    first, _, rest = key.partition("/")
+    if first in ("index.docker.io", "registry-1.docker.io"):
+        first = "docker.io"
+    return first + ("/" + rest if rest else "")
+merged = dict(auths(pull))
+best = None
+for key, value in auths(push).items():
+    where = scope(key)
+    if repo == where or repo.startswith(where + "/"):
+        if best is None or len(where) > len(best[0]):
+            best = (where, value)
+if best is not None:
+    merged[repo] = best[1]
+fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "w", encoding="utf-8") as f:
+    json.dump({"auths": merged}, f)
+"""
+
+
+def cache_credentials(plan: Plan, push_auth_file: str) -> Plan:
+    """Give ``buildah build``'s --cache-to push the push credentials.
+
+    A build that pulls with a pull secret passes it as ``--authfile``, which buildah also
+    uses to push the layer cache: the cache would be pushed with the pull credentials (and
+    without the pull secret, REGISTRY_AUTH_FILE — the push secret — serves both already).
+    Such a command gets a merged auth file written by a step just before it; its fallback
+    (the same build without the cache) keeps the pull secret."""
+    steps: list[Step] = []
+    for step in plan.steps:
+        action = step.action
+        if isinstance(action, Command) and "--cache-to" in action.argv:
+            argv = list(action.argv)
+            at = argv.index("--authfile") + 1 if "--authfile" in argv else 0
+            pull, cache = (argv[at] if at else None), argv[argv.index("--cache-to") + 1]
+            if isinstance(pull, str) and isinstance(cache, str):
+                argv[at] = CACHE_AUTH_FILE
+                merge = Command(
+                    argv=("python", "-c", MERGE_AUTH_SCRIPT, push_auth_file, pull, cache,
+                          CACHE_AUTH_FILE),
+                )  # fmt: skip
+                steps.append(dataclasses.replace(step, action=merge))
+                step = dataclasses.replace(
+                    step, action=dataclasses.replace(action, argv=tuple(argv))
+                )
+        steps.append(step)
+    return dataclasses.replace(plan, steps=tuple(steps))
 
 
 def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
@@ -608,52 +778,94 @@ class PodView:
     started: bool = False  # the build container is running or has run
     fetch_result: RunnerResult | None = None  # the init container finished
     build_result: RunnerResult | None = None
-    outcome: Outcome | None = None  # the pod reached an end
+    outcome: Outcome | None = None  # the pod reached an end that says how the build went
+    #: the pod was stopped from outside (its containers got SIGTERM or SIGKILL, it is
+    #: being deleted) without a result of its own: the Job says why (:func:`explain_stop`)
+    stopped: bool = False
     fetch_log_ready: bool = False  # containers whose logs can be read
     build_log_ready: bool = False
 
 
 def read_pod(pod: Mapping[str, Any], *, image: str, deadline_seconds: int) -> PodView:
-    """Interpret one build pod's status (pure; ``image`` is where a success was pushed)."""
+    """Interpret one build pod's status (pure; ``image`` is where a success was pushed).
+
+    A real kubelet reports a pod's end in steps (deletionTimestamp, containers terminated,
+    phase, then the pod is gone); each step read here gives the same answer or none yet."""
     status = pod.get("status") or {}
-    if status.get("reason") == "Evicted":
-        return PodView(
-            outcome=Failed(
-                reason=Reason.BUILD_POD_EVICTED,
-                message=f"{Reason.BUILD_POD_EVICTED.message} {status.get('message', '')}".strip(),
-                log_snippet="",
-            )
-        )
+    deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
     fetch = _container_status(status.get("initContainerStatuses"), FETCH_CONTAINER)
     build = _container_status(status.get("containerStatuses"), BUILD_CONTAINER)
     fetch_state = (fetch or {}).get("state") or {}
     build_state = (build or {}).get("state") or {}
     fetch_done = fetch_state.get("terminated")
     build_done = build_state.get("terminated")
-    view = PodView(
-        started=status.get("phase") == "Running" or bool(build_state.get("running") or build_done),
-        fetch_log_ready=bool(fetch_state.get("running") or fetch_done),
-        build_log_ready=bool(build_state.get("running") or build_done),
-    )
     fetch_result = (
         parse_termination_message(fetch_done.get("message") or "") if fetch_done else None
     )
-    view = dataclasses.replace(view, fetch_result=fetch_result)
+    build_result = (
+        parse_termination_message(build_done.get("message") or "") if build_done else None
+    )
+    view = PodView(
+        started=status.get("phase") == "Running" or bool(build_state.get("running") or build_done),
+        fetch_result=fetch_result,
+        build_result=build_result,
+        fetch_log_ready=bool(fetch_state.get("running") or fetch_done),
+        build_log_ready=bool(build_state.get("running") or build_done),
+    )
+    disruption = _disruption(status)
+    if disruption is not None:
+        # Evicted (node pressure, drain, preemption): whatever the containers show now
+        # is the kill's doing, not the build's.
+        return dataclasses.replace(view, outcome=evicted(disruption))
     if fetch_done and fetch_done.get("exitCode", 0) != 0:
+        if _stopped_from_outside(fetch_done, fetch_result):
+            return dataclasses.replace(view, stopped=True)
         return dataclasses.replace(
             view, outcome=_failure(fetch_done, fetch_result, Reason.FETCH_SOURCE_FAILED,
                                    deadline_seconds)
         )  # fmt: skip
-    if not build_done:
-        return view
-    result = parse_termination_message(build_done.get("message") or "")
-    view = dataclasses.replace(view, build_result=result)
-    if build_done.get("exitCode", 1) == 0 and build_done.get("reason") != "OOMKilled":
-        digest = result.outputs.get(OutputName.DIGEST.value, "") if image else ""
-        return dataclasses.replace(view, outcome=Succeeded(digest=digest, image_reference=image))
-    return dataclasses.replace(
-        view, outcome=_failure(build_done, result, Reason.GENERIC_BUILD_FAILED, deadline_seconds)
-    )
+    if build_done and build_result is not None:
+        if build_done.get("exitCode", 1) == 0 and build_done.get("reason") != "OOMKilled":
+            digest = build_result.outputs.get(OutputName.DIGEST.value, "") if image else ""
+            return dataclasses.replace(
+                view, outcome=Succeeded(digest=digest, image_reference=image)
+            )
+        if _stopped_from_outside(build_done, build_result):
+            return dataclasses.replace(view, stopped=True)
+        return dataclasses.replace(
+            view,
+            outcome=_failure(build_done, build_result, Reason.GENERIC_BUILD_FAILED,
+                             deadline_seconds),
+        )  # fmt: skip
+    if deleting or status.get("phase") == "Failed":
+        # Going away (or gone wrong) before the build container ended by itself.
+        return dataclasses.replace(view, stopped=True)
+    return view
+
+
+def _disruption(status: Mapping[str, Any]) -> str | None:
+    """The eviction message when the pod was disrupted, else None."""
+    for condition in status.get("conditions") or []:
+        if (
+            isinstance(condition, Mapping)
+            and condition.get("type") == "DisruptionTarget"
+            and condition.get("status") == "True"
+        ):
+            return str(condition.get("message") or status.get("message") or "")
+    if status.get("reason") == "Evicted":
+        return str(status.get("message") or "")
+    return None
+
+
+def _stopped_from_outside(terminated: Mapping[str, Any], result: RunnerResult | None) -> bool:
+    """The container was ended by a signal, not by its own failure: the runner says it was
+    stopped (it got SIGTERM), or the kernel's SIGTERM/SIGKILL ended it without a result."""
+    if terminated.get("reason") == "OOMKilled":
+        return False
+    if result is not None and result.stopped == "Cancelled":
+        return True
+    has_result = result is not None and not result.raw_text and (result.reason or result.stopped)
+    return not has_result and terminated.get("exitCode") in (137, 143)
 
 
 def _container_status(statuses: Any, name: str) -> Mapping[str, Any] | None:
@@ -712,14 +924,51 @@ def pod_deleted() -> Failed:
     )
 
 
+def evicted(message: str = "") -> Failed:
+    return Failed(
+        reason=Reason.BUILD_POD_EVICTED,
+        message=f"{Reason.BUILD_POD_EVICTED.message} {message}".strip(),
+        log_snippet="",
+    )
+
+
 def read_job(job: Mapping[str, Any], *, deadline_seconds: int) -> Outcome | None:
-    """An Outcome when the Job itself failed (deadline, backoff after a lost pod)."""
+    """An Outcome when the Job itself failed (deadline, eviction policy, a lost pod).
+
+    ``FailureTarget`` is the controller's decision before it stops the pod (Kubernetes
+    1.31+ sets it first for deadlines and pod failure policies); ``Failed`` follows."""
     for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") != "Failed" or condition.get("status") != "True":
+        kind, reason = condition.get("type"), condition.get("reason")
+        if kind not in ("Failed", "FailureTarget") or condition.get("status") != "True":
             continue
-        if condition.get("reason") == "DeadlineExceeded":
+        if reason == "DeadlineExceeded":
             return deadline_exceeded(deadline_seconds)
-        return pod_deleted()
+        if reason == "PodFailurePolicy":
+            return evicted(str(condition.get("message") or ""))
+        if kind == "Failed":
+            return pod_deleted()
+    return None
+
+
+def explain_stop(
+    job: Mapping[str, Any] | None,
+    *,
+    deadline_seconds: int,
+    cancelled: bool,
+    now: datetime,
+) -> Outcome | None:
+    """Why a build pod was stopped from outside, from its Job (None: the Job has not said
+    yet, look again later). Gone: cancelled when the build was, else deleted under it."""
+    if job is None:
+        return Cancelled() if cancelled else pod_deleted()
+    decided = read_job(job, deadline_seconds=deadline_seconds)
+    if decided is not None:
+        return decided
+    start = metas.parse_time(str((job.get("status") or {}).get("startTime") or ""))
+    active = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    if start is not None and isinstance(active, int) and now >= start + timedelta(seconds=active):
+        # The deadline is what stopped it; the controller's condition is on its way.
+        return deadline_exceeded(deadline_seconds)
     return None
 
 

@@ -12,14 +12,17 @@ creating a ``Delivery`` object named after the delivery id — creation is atomi
 replicas — and then records the Builds it created.
 
 Webhook secrets are read from Secrets (key ``WebHookSecretKey``) with a short cache;
-BuildConfigs applied with ``kubectl`` reach the engine through :meth:`watch_buildconfigs`.
-It never logs a Secret's value and never writes an object without a precondition.
+BuildConfigs applied with ``kubectl`` reach the engine through :meth:`watch_buildconfigs`,
+also those triggerd cannot accept (reported so the engine can say why in their status,
+:meth:`report_buildconfig`). It never logs a Secret's value and never writes an object
+without a precondition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -58,12 +61,24 @@ QUEUED_ANNOTATION: Final = "triggerd.dev/queued-at"
 WEBHOOK_SECRET_KEY: Final = "WebHookSecretKey"  # noqa: S105 - a key name
 
 
+#: status.conditions entry on a BuildConfig triggerd cannot accept (kubectl skips our checks)
+VALID_CONDITION: Final = buildconfigs.VALID_CONDITION
+#: how much of a problem's text goes into the condition's message
+CONDITION_MESSAGE_MAX: Final = 2000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConfigEvent:
-    """A BuildConfig appeared, changed or went away (``config`` is the last known state)."""
+    """A BuildConfig appeared, changed or went away (``config`` is the last known state).
+
+    ``config`` is None for a stored object triggerd cannot parse; ``problem`` says why
+    (and for a DELETED one that was never accepted)."""
 
     type: str  # "ADDED", "MODIFIED", "DELETED"
-    config: BuildConfig
+    namespace: str
+    name: str
+    config: BuildConfig | None = None
+    problem: str = ""
 
 
 class KubernetesStore:
@@ -162,31 +177,51 @@ class KubernetesStore:
             namespace, [str(b["metadata"]["name"]) for b in listed.get("items") or []]
         )
 
-    async def watch_buildconfigs(self, *, timeout_seconds: int = 240) -> AsyncIterator[ConfigEvent]:
+    async def watch_buildconfigs(
+        self, *, timeout_seconds: int = 240, include_invalid: bool = False
+    ) -> AsyncIterator[ConfigEvent]:
         """Every BuildConfig change in the namespace, forever: first an ADDED per existing
         config, then changes; after 410 Gone the list is re-read and differences are
-        reported (so ``kubectl apply``/``delete`` always reach the caller)."""
-        known: dict[tuple[str, str], BuildConfig] = {}
+        reported (so ``kubectl apply``/``delete`` always reach the caller). A DELETED event
+        carries the config as last reported.
+
+        Objects triggerd cannot parse are skipped, or with ``include_invalid`` reported as
+        events without a config, whose ``problem`` says what is wrong."""
+        # key -> (the resourceVersion last seen, the config reported then or None)
+        known: dict[tuple[str, str], tuple[str, BuildConfig | None]] = {}
         resource_version = ""
+
+        def report(event: ConfigEvent, version: str) -> ConfigEvent | None:
+            key = (event.namespace, event.name)
+            if event.type == "DELETED":
+                last = known.pop(key, ("", None))[1]
+                event = dataclasses.replace(event, config=event.config or last)
+                return event if event.config is not None or include_invalid else None
+            known[key] = (version, event.config)
+            return event if event.config is not None or include_invalid else None
+
         while True:
-            if not resource_version:
-                listed = await self.kube.list(self._path(BUILDCONFIGS, None))
-                resource_version = str(listed["metadata"].get("resourceVersion", ""))
-                seen: set[tuple[str, str]] = set()
-                for item in listed.get("items") or []:
-                    config = _config_or_none(item)
-                    if config is None:
-                        continue
-                    key = (config.namespace, config.name)
-                    seen.add(key)
-                    old = known.get(key)
-                    if old is None or old.meta.resource_version != config.meta.resource_version:
-                        known[key] = config
-                        yield ConfigEvent(type="ADDED" if old is None else "MODIFIED",
-                                          config=config)  # fmt: skip
-                for key in set(known) - seen:
-                    yield ConfigEvent(type="DELETED", config=known.pop(key))
             try:
+                if not resource_version:
+                    listed = await self.kube.list(self._path(BUILDCONFIGS, None))
+                    resource_version = str(listed["metadata"].get("resourceVersion", ""))
+                    seen: set[tuple[str, str]] = set()
+                    for item in listed.get("items") or []:
+                        meta = item.get("metadata") or {}
+                        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+                        seen.add(key)
+                        version = str(meta.get("resourceVersion", ""))
+                        old = known.get(key)
+                        if old is None or old[0] != version:
+                            kind = "ADDED" if old is None else "MODIFIED"
+                            event = report(_config_event(kind, item), version)
+                            if event is not None:
+                                yield event
+                    for key in set(known) - seen:
+                        gone = ConfigEvent(type="DELETED", namespace=key[0], name=key[1])
+                        event = report(gone, "")
+                        if event is not None:
+                            yield event
                 async for kind, obj in self.kube.watch(
                     self._path(BUILDCONFIGS, None),
                     resource_version=resource_version,
@@ -197,21 +232,71 @@ class KubernetesStore:
                     )
                     if kind not in ("ADDED", "MODIFIED", "DELETED"):
                         continue
-                    config = _config_or_none(obj)
-                    if config is None:
-                        continue
-                    key = (config.namespace, config.name)
-                    if kind == "DELETED":
-                        known.pop(key, None)
-                    else:
-                        known[key] = config
-                    yield ConfigEvent(type=kind, config=config)
+                    event = report(_config_event(kind, obj), resource_version)
+                    if event is not None:
+                        yield event
             except WatchExpired:
                 resource_version = ""
             except KubeError as e:
-                if e.status not in (0, 429, 500, 502, 503, 504):
+                if not e.transient:
                     raise
                 await asyncio.sleep(1.0)
+
+    async def report_buildconfig(self, namespace: str, name: str, problem: str | None) -> bool:
+        """Say in the config's ``status.conditions`` why triggerd does not accept it
+        (``Valid`` False, with the problem as message), or clear that once it is right.
+        Written through /status with a precondition, only when it changes; returns whether
+        it wrote."""
+        path = self._path(BUILDCONFIGS, namespace, name)
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                doc = await self.kube.get(path)
+            except KubeError as e:
+                if e.not_found:
+                    return False
+                raise to_domain_error(e, buildconfigs.KIND, name) from e
+            status = doc.get("status")
+            items = status.get("conditions") if isinstance(status, Mapping) else None
+            conditions = (
+                [c for c in items if isinstance(c, Mapping)] if isinstance(items, list) else []
+            )
+            current = next((c for c in conditions if c.get("type") == VALID_CONDITION), None)
+            others = [dict(c) for c in conditions if c.get("type") != VALID_CONDITION]
+            wanted: dict[str, Any] | None = None
+            if problem is not None:
+                message = problem[:CONDITION_MESSAGE_MAX]
+                if (
+                    current is not None
+                    and current.get("status") == "False"
+                    and (current.get("message") == message)
+                ):
+                    return False
+                wanted = {
+                    "type": VALID_CONDITION,
+                    "status": "False",
+                    "reason": "InvalidBuildConfig",
+                    "message": message,
+                    "lastTransitionTime": metas.format_time(metas.now()),
+                }
+            elif current is None:
+                return False
+            new = [*others, wanted] if wanted is not None else others
+            try:
+                await self.kube.merge_patch(
+                    path + "/status",
+                    {
+                        "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
+                        "status": {"conditions": new or None},
+                    },
+                )
+            except KubeError as e:
+                if e.conflict:
+                    continue  # lastVersion bumped meanwhile: look again
+                if e.not_found:
+                    return False
+                raise to_domain_error(e, buildconfigs.KIND, name) from e
+            return True
+        raise errors.TemporaryError(f"BuildConfig {name!r} keeps changing; retry", 1.0)
 
     # Builds -----------------------------------------------------------------------------
     async def instantiate(
@@ -226,10 +311,10 @@ class KubernetesStore:
         redelivery starts the failed ones (and the earlier ones again). The queue limit is
         checked after the claim but, without transactions, not atomically with the create:
         replicas racing at the limit may each add their builds."""
-        claim = ""
+        claim, claimed = "", ""
         if delivery is not None:
             claim = delivery_name(delivery.key)
-            existing = await self._claim(claim, delivery)
+            existing, claimed = await self._claim(claim, delivery)
             if existing is not None:
                 return Instantiated(builds=tuple(existing), duplicate=True)
         created: list[Build] = []
@@ -246,18 +331,28 @@ class KubernetesStore:
                 created.append(await self._instantiate_one(request))
         except BaseException:
             if claim:
-                await self._release(claim)
+                await self._release(claim, claimed)
             raise
         if claim:
-            await self._call(
-                "merge_patch",
-                DELIVERIES,
-                claim,
+            await self._complete_claim(claim, claimed, created)
+        return Instantiated(builds=tuple(created))
+
+    async def _complete_claim(self, claim: str, version: str, created: Sequence[Build]) -> None:
+        """Record the builds on the claim this call made, and only on that one: with a
+        precondition, so a claim pruned and taken again meanwhile is never overwritten."""
+        try:
+            await self.kube.merge_patch(
                 self._path(DELIVERIES, None, claim),
-                {"spec": {"builds": [f"{b.namespace}/{b.name}" for b in created],
+                {"metadata": {"resourceVersion": version},
+                 "spec": {"builds": [f"{b.namespace}/{b.name}" for b in created],
                           "complete": True}},
             )  # fmt: skip
-        return Instantiated(builds=tuple(created))
+        except KubeError as e:
+            if not (e.conflict or e.not_found):
+                raise to_domain_error(e, "Delivery", claim) from e
+            # The claim is no longer ours (pruned, taken anew): the builds stand, and a
+            # waiting duplicate of this delivery claims it again after its wait.
+            log.warning("delivery claim %s changed under this replica; not completing it", claim)
 
     async def _instantiate_one(self, request: NewBuild) -> Build:
         path = self._path(BUILDCONFIGS, request.namespace, request.config_name)
@@ -265,6 +360,9 @@ class KubernetesStore:
             doc = await self._call("get", BUILDCONFIGS, request.config_name, path)
             config = config_from_resource(doc)
             number = config.last_version + 1
+            # Made before the number is taken: a factory that refuses (a first build that
+            # exists already) leaves lastVersion as it was, as the SQLite transaction does.
+            build = request.make(dataclasses.replace(config, last_version=number), number)
             try:
                 bumped = await self.kube.merge_patch(
                     path + "/status",
@@ -278,7 +376,6 @@ class KubernetesStore:
                     continue  # another replica took this number
                 raise to_domain_error(e, buildconfigs.KIND, request.config_name) from e
             config = config_from_resource(bumped)
-            build = request.make(config, number)
             body = build_to_resource(build)
             body["metadata"]["ownerReferences"] = [
                 {"apiVersion": GROUP_VERSION, "kind": buildconfigs.KIND, "name": config.name,
@@ -314,8 +411,9 @@ class KubernetesStore:
         )  # fmt: skip
         return build_from_resource(patched)
 
-    async def _claim(self, claim: str, delivery: Delivery) -> list[Build] | None:
-        """None when this call claimed the delivery; else the builds it created before."""
+    async def _claim(self, claim: str, delivery: Delivery) -> tuple[list[Build] | None, str]:
+        """(None, the claim's resourceVersion) when this call claimed the delivery; else
+        (the builds it created before, "")."""
         body = {
             "apiVersion": GROUP_VERSION,
             "kind": "Delivery",
@@ -328,8 +426,8 @@ class KubernetesStore:
             },
         }
         try:
-            await self.kube.create(self._path(DELIVERIES, None), body)
-            return None
+            made = await self.kube.create(self._path(DELIVERIES, None), body)
+            return None, str((made.get("metadata") or {}).get("resourceVersion", ""))
         except KubeError as e:
             if not e.conflict:
                 raise to_domain_error(e, "Delivery", claim) from e
@@ -351,17 +449,20 @@ class KubernetesStore:
                         found.append(await self.get_build(namespace, name))
                     except errors.NotFound:
                         continue  # pruned since
-                return found
+                return found, ""
             if time.monotonic() > deadline:
                 raise errors.TemporaryError(
                     "the same delivery is being handled by another replica", 2.0
                 )
             await asyncio.sleep(0.1)
 
-    async def _release(self, claim: str) -> None:
+    async def _release(self, claim: str, version: str = "") -> None:
+        """Delete the claim (only the version this replica made, when given)."""
         try:
-            await self.kube.delete(self._path(DELIVERIES, None, claim))
+            await self.kube.delete(self._path(DELIVERIES, None, claim), resource_version=version)
         except KubeError as e:
+            if e.not_found:
+                return
             log.warning("could not release delivery claim %s: %s", claim, e.status)
 
     async def queue_summary(self) -> QueueSummary:
@@ -452,7 +553,8 @@ class KubernetesStore:
         for item in listed.get("items") or []:
             received = metas.parse_time(str((item.get("spec") or {}).get("received", "")))
             if received is not None and received < older_than:
-                await self._release(str(item["metadata"]["name"]))
+                meta = item.get("metadata") or {}
+                await self._release(str(meta["name"]), str(meta.get("resourceVersion", "")))
                 pruned += 1
         return pruned
 
@@ -550,6 +652,20 @@ def config_from_resource(doc: Mapping[str, Any]) -> BuildConfig:
     metadata.pop("ownerReferences", None)
     body["metadata"] = metadata
     return buildconfigs.parse(body)
+
+
+def _config_event(kind: str, doc: Mapping[str, Any]) -> ConfigEvent:
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        meta = {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    try:
+        config = config_from_resource(doc)
+    except errors.Invalid as e:
+        if kind == "DELETED":
+            return ConfigEvent(type=kind, namespace=namespace, name=name)
+        return ConfigEvent(type=kind, namespace=namespace, name=name, problem=str(e))
+    return ConfigEvent(type=kind, namespace=namespace, name=name, config=config)
 
 
 def _config_or_none(doc: Mapping[str, Any]) -> BuildConfig | None:
