@@ -77,6 +77,19 @@ def test_tar_gz_is_unpacked_with_modes_and_inner_links(tmp_path: Path) -> None:
     assert (dest / "app/hard").read_text() == "x"
 
 
+def test_links_through_links_that_stay_inside_are_kept(tmp_path: Path) -> None:
+    archive = make_tar(
+        tmp_path / "in.tar.gz",
+        [("lib/v2/x.so", b"x"), link("lib/current", "v2"), link("x.so", "lib/current/x.so"),
+         link("lib/self", "."), link("deep", "lib/self/self/current/../v2/x.so")],
+    )  # fmt: skip
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    archives.extract(archive, dest, LIMITS)
+    assert (dest / "x.so").read_text() == "x"
+    assert (dest / "deep").read_text() == "x"
+
+
 def test_zip_and_as_file(tmp_path: Path) -> None:
     archive = make_zip(
         tmp_path / "in.zip", [("src/a.txt", b"a", stat.S_IFREG | 0o644), ("src/", b"", 0)]
@@ -132,6 +145,23 @@ UNSAFE: list[tuple[str, Maker, str]] = [
      "../z: '..'"),
     ("zip symlink escape", lambda p: make_zip(p, [("l", b"/etc", stat.S_IFLNK | 0o777)]),
      "l: symlink to '/etc'"),
+    # Text alone says d/../x is x; through the link d -> . it is ../x.
+    ("symlink chain", lambda p: make_tar(p, [link("d", "."), link("a", "d/../x")]),
+     "a: symlink to 'd/../x' points outside"),
+    # The same with the link that makes it escape coming second.
+    ("symlink chain, link last", lambda p: make_tar(p, [("sub/k", b"k"), link("a", "d/../x"),
+                                                        link("d", "sub/..")]),
+     "a: symlink to 'd/../x' points outside"),
+    ("nested symlink chain", lambda p: make_tar(
+        p, [("sub/keep", b"k"), link("sub/up", ".."), link("sub/esc", "up/../etc")]),
+     "sub/esc: symlink to 'up/../etc' points outside"),
+    ("zip symlink chain", lambda p: make_zip(p, [("d", b".", stat.S_IFLNK | 0o777),
+                                                 ("a", b"d/../x", stat.S_IFLNK | 0o777)]),
+     "a: symlink to 'd/../x' points outside"),
+    ("symlink loop", lambda p: make_tar(p, [link("a", "b/x"), link("b", "a")]),
+     "is a symlink loop"),
+    ("symlink over a directory", lambda p: make_tar(p, [("d/x", b"x"), link("d", "sub")]),
+     "d: is"),
     ("not an archive", lambda p: (p.write_bytes(b"hello" * 200), p)[1], "not a tar"),
 ]  # fmt: skip
 

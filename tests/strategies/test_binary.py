@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import io
 import json
 import subprocess
@@ -23,6 +24,8 @@ import pytest
 from aiohttp import web
 
 from tests.executors.conftest import ExecutorEnv
+from tests.strategies.images import image_config, run_in
+from tests.support.buildah import BuildahEnv
 from tests.support.ports import free_port
 from triggerd import upload
 from triggerd.engine import Engine
@@ -123,7 +126,21 @@ async def test_upload_over_max_binary_size_is_refused_with_413(
         status, doc = await server.upload("limits", from_dir=str(many))
         assert status == 400
         assert "more than 3 entries" in doc["message"]
+        # A bomb: a small upload that unpacks to more than maxBinarySize.
+        bomb = tmp_path / "bomb.tar.gz"
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            info = tarfile.TarInfo("zeros")
+            info.size = 1024 * 1024
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+        bomb.write_bytes(gzip.compress(raw.getvalue()))
+        assert bomb.stat().st_size < 4096
+        status, doc = await server.upload("limits", from_archive=str(bomb))
+        assert status == 400
+        assert "zeros: unpacks to more than the limit of 4096 bytes" in doc["message"]
         assert (await server.call("GET", "/builds"))[1]["items"] == []
+        uploads = server.data_dir / "uploads"
+        assert [p for p in uploads.rglob("*") if p.is_file()] == []
 
 
 def binary_config(name: str, output: str, **binary_options: Any) -> dict[str, Any]:
@@ -165,16 +182,32 @@ async def test_from_dir_builds_and_pushes_without_git(server: Server, tmp_path: 
     assert "uploaded-dir" in log
     assert server.env.registry.head_digest("binary/from-dir", "v1") is not None
 
-    # The upload is the build's input: the same Build started again needs no new upload.
-    status, rerun = await server.call(
+    # Without an upload the BuildConfig cannot start (OpenShift refuses it too)...
+    status, refused = await server.call(
         "POST",
         "/buildconfigs/from-dir/instantiate",
         {"kind": "BuildRequest", "metadata": {"name": "from-dir"}},
     )
-    assert status == 201
+    assert status == 400
+    assert "cannot start a binary build without input" in refused["message"]
+    # ...but the upload is kept as the build's input: its clone builds it again.
+    name = build["metadata"]["name"]
+    status, rerun = await server.call(
+        "POST", f"/builds/{name}/clone", {"kind": "BuildRequest", "metadata": {"name": name}}
+    )
+    assert status == 201, rerun
+    digest = build["metadata"]["annotations"]["triggerd.dev/binary-input"]
+    assert rerun["metadata"]["annotations"]["triggerd.dev/binary-input"] == digest
     rerun_done = await server.wait(rerun["metadata"]["name"])
-    assert rerun_done["status"]["phase"] == "Failed"
-    assert "no upload" in rerun_done["status"]["message"]
+    rerun_log = server.env.logs.read("team", rerun["metadata"]["name"]).decode()
+    assert rerun_done["status"]["phase"] == "Complete", rerun_log
+    # The same upload unpacked again (the RUN itself comes from the layer cache now).
+    unpacked = [line for line in log.splitlines() if line.startswith("    tar: ")]
+    assert unpacked and unpacked[0] in rerun_log.splitlines()
+    assert (
+        server.env.registry.head_digest("binary/from-dir", "v1")
+        == rerun_done["status"]["output"]["to"]["imageDigest"]
+    )
 
 
 async def test_from_file_and_from_archive(server: Server, tmp_path: Path) -> None:
@@ -228,6 +261,16 @@ async def test_from_repo_sends_the_commit_and_its_revision(server: Server, tmp_p
     log = server.env.logs.read("team", build["metadata"]["name"]).decode()
     assert done["status"]["phase"] == "Complete", log
     assert "committed-marker" in log and "uncommitted change" not in log
+    # The revision instantiatebinary was given is in the image, as for a git build.
+    config = image_config(server.env.registry, "binary/from-repo", "v1")
+    commit = revision["commit"]
+    assert f"OPENSHIFT_BUILD_COMMIT={commit}" in config["Env"]
+    assert f"OPENSHIFT_BUILD_NAME={build['metadata']['name']}" in config["Env"]
+    labels = config["Labels"]
+    assert labels["io.openshift.build.commit.id"] == commit
+    assert labels["io.openshift.build.commit.author"] == "Ada <ada@example.com>"
+    assert labels["io.openshift.build.commit.message"] == "Add marker"
+    assert labels["org.opencontainers.image.revision"] == commit
 
 
 def make_repository(repo: Path, base: str) -> Path:
@@ -243,12 +286,17 @@ def make_repository(repo: Path, base: str) -> Path:
     return repo
 
 
-def evil_tar(name: str) -> bytes:
+def evil_tar(name: str, *links: tuple[str, str]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
         info = tarfile.TarInfo(name)
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
+        for link_name, target in links:
+            link = tarfile.TarInfo(link_name)
+            link.type = tarfile.SYMTYPE
+            link.linkname = target
+            tar.addfile(link)
     return raw.getvalue()
 
 
@@ -257,9 +305,14 @@ def evil_tar(name: str) -> bytes:
     [
         (evil_tar("../../escape"), "../../escape: '..' is not allowed"),
         (evil_tar("/etc/escape"), "/etc/escape: absolute paths"),
+        # Each link looks inside on its own; through d -> . the second one is ../escape.
+        (
+            evil_tar("ok", ("d", "."), ("a", "d/../escape")),
+            "a: symlink to 'd/../escape' points outside the build context",
+        ),
         (b"plain text, not an archive" * 40, "not a tar"),
     ],
-    ids=["traversal", "absolute", "garbage"],
+    ids=["traversal", "absolute", "link escape", "garbage"],
 )
 async def test_unsafe_upload_is_refused_with_400_and_nothing_kept(
     server: Server, body: bytes, message: str
@@ -288,3 +341,47 @@ async def test_non_binary_config_and_bad_as_file(server: Server) -> None:
     async with server.session.post(url, data=b"x", params={"asFile": "../x"}) as resp:
         assert resp.status == 400
         assert "asFile" in (await resp.json())["message"]
+
+
+async def test_as_file_of_the_buildconfig_alone(server: Server) -> None:
+    """source.binary.asFile on the BuildConfig: the body is that one file, no archive."""
+    base = server.env.base_image
+    image = server.env.registry.ref("binary/config-as-file", "v1")
+    config = binary_config("config-as-file", image, asFile="app.conf")
+    config["spec"]["source"]["dockerfile"] = (
+        f"FROM {base}\nCOPY app.conf /app.conf\nRUN cat /app.conf\n"
+    )
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    url = f"{server.url}{API}/buildconfigs/config-as-file/instantiatebinary"
+    async with server.session.post(url, data=b"config-level-as-file\n") as resp:
+        status, build = resp.status, await resp.json(content_type=None)
+    assert status == 201, build
+    assert build["metadata"]["annotations"]["triggerd.dev/binary-as-file"] == "app.conf"
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "config-level-as-file" in log
+
+
+async def test_s2i_build_from_an_uploaded_directory(
+    server: Server, tmp_path: Path, builder_image: str, buildah_env: BuildahEnv
+) -> None:
+    image = server.env.registry.ref("binary/s2i", "v1")
+    config = binary_config("s2i-upload", image)
+    config["spec"]["strategy"] = {
+        "type": "Source",
+        "sourceStrategy": {"from": {"kind": "DockerImage", "name": builder_image}},
+    }
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    directory = tmp_path / "app"
+    directory.mkdir()
+    (directory / "message").write_text("s2i from an upload\n")
+    (directory / "version").write_text("v-upload\n")
+    status, build = await server.upload("s2i-upload", from_dir=str(directory))
+    assert status == 201, build
+    done = await server.wait(build["metadata"]["name"])
+    log = server.env.logs.read("team", build["metadata"]["name"]).decode()
+    assert done["status"]["phase"] == "Complete", log
+    assert "| RUN /usr/libexec/s2i/assemble" in log
+    assert run_in(buildah_env, image, "/usr/libexec/s2i/run") == "s2i from an upload\n"
+    assert image_config(server.env.registry, "binary/s2i", "v1")["User"] == "1001"

@@ -5,6 +5,7 @@ the host cache is pruned by age."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import dataclasses
 import json
@@ -17,10 +18,11 @@ import pytest
 from tests.executors.conftest import ExecutorEnv, RecordingReporter
 from tests.support.gitrepo import GitRepoFactory
 from tests.support.ports import free_port
+from tests.support.registry import RegistryFactory
 from triggerd.executors.base import Succeeded
 from triggerd.model import builds
 from triggerd.model.builds import Build
-from triggerd.settings import BuildahSettings, Settings
+from triggerd.settings import BuildahSettings, RegistrySettings, SecretSettings, Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -129,3 +131,72 @@ class LocalExecutorFor:
 
     async def run(self, build: Build) -> object:
         return await self.executor.run(build, RecordingReporter())
+
+
+async def test_cache_is_pushed_with_the_push_credentials_not_the_pull_secret(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, registry_factory: RegistryFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """buildah build has one --authfile for its pulls and its --cache-to push: with a pull
+    secret it used to hold only the pull credentials, so a cache repository that needs the
+    push credentials failed every time (and the build quietly ran again without cache)."""
+    private = registry_factory(htpasswd={"pusher": "push-pa55"})
+
+    def auth(host: str, user: str, password: str) -> str:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return json.dumps({"auths": {host: {"auth": token}}})
+
+    settings = fresh_storage(
+        env.settings(
+            registries={private.host: RegistrySettings(insecure=True)},
+            secrets={
+                "push": SecretSettings(
+                    data={".dockerconfigjson": auth(private.host, "pusher", "push-pa55")}
+                ),
+                "pull": SecretSettings(
+                    data={".dockerconfigjson": auth(env.registry.host, "reader", "x")}
+                ),
+            },
+        ),
+        tmp_path / "auth",
+    )
+    repo = git_repo_factory("cache-auth", {"Dockerfile": dockerfile(env.base_image)})
+    build_spec = spec(repo.git_url, private.ref("private/app", "v1"))
+    build_spec["strategy"]["dockerStrategy"]["pullSecret"] = {"name": "pull"}
+    build_spec["output"]["pushSecret"] = {"name": "push"}
+    cache = f"{private.host}/cache/app"
+    outcome = await env.executor(settings).run(
+        build_with(build_spec, "auth-1", {"triggerd.dev/cache-repository": cache}),
+        RecordingReporter(),
+    )
+    log = env.logs.read("team", "auth-1").decode()
+    assert isinstance(outcome, Succeeded), log
+    assert f"--cache-to {cache}" in log
+    assert "push credentials for " + cache in log
+    assert "building again without it" not in log, log
+    assert private.tags("cache/app")  # the cache layers are in the private registry
+    assert "push-pa55" not in log
+
+
+async def test_layer_cache_registry_setting_names_the_cache_repository(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, tmp_path: Path
+) -> None:
+    """The layerCacheRegistry setting names the cache repository without any annotation."""
+    repo = git_repo_factory("cache-setting", {"Dockerfile": dockerfile(env.base_image)})
+    settings = dataclasses.replace(
+        fresh_storage(env.settings(), tmp_path / "s"), layer_cache_registry=env.registry.host
+    )
+    build = builds.from_dict(
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": "setting-1", "namespace": "team",
+                         "labels": {"openshift.io/build-config.name": "setting"}},
+            "spec": spec(repo.git_url, env.registry.ref("cache/setting-app", "v1")),
+        }
+    )  # fmt: skip
+    outcome = await env.executor(settings).run(build, RecordingReporter())
+    log = env.logs.read("team", "setting-1").decode()
+    assert isinstance(outcome, Succeeded), log
+    assert f"--cache-to {env.registry.host}/team/setting" in log
+    assert env.registry.tags("team/setting")

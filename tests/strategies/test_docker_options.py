@@ -1,16 +1,18 @@
 """dockerStrategy.volumes and imageOptimizationPolicy end to end: secrets and config maps
 mounted read-only into RUN steps and absent from the image; SkipLayers commits the new
-layers as one."""
+layers as one; OpenShift's build metadata and output.imageLabels in the image."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
 
 from tests.executors.conftest import ExecutorEnv, RecordingReporter, make_build
-from tests.strategies.images import layer_files
+from tests.strategies.images import image_config, layer_files
+from tests.support.buildah import BuildahEnv
 from tests.support.gitrepo import GitRepoFactory
 from triggerd.executors.base import Succeeded
 from triggerd.settings import SecretSettings
@@ -88,3 +90,46 @@ async def test_skip_layers_commits_one_new_layer(
     manifest = env.registry.manifest("docker/squash", "v1")
     assert manifest is not None
     assert len(manifest.json()["layers"]) == base_layers + 1
+
+
+async def test_docker_image_carries_openshift_build_metadata_and_image_labels(
+    env: ExecutorEnv, git_repo_factory: GitRepoFactory, buildah_env: BuildahEnv
+) -> None:
+    """OpenShift appends OPENSHIFT_BUILD_* as ENV to Docker builds too, and the labels
+    naming the build, its source and commit; output.imageLabels come last and win."""
+    repo = git_repo_factory(
+        "metadata", {"Dockerfile": f"FROM {env.base_image}\nENV OWN=kept\nRUN true\n"}
+    )
+    image = env.registry.ref("strategies/metadata", "v1")
+    spec = docker_spec(repo.git_url, image, env=[{"name": "STRATEGY_ENV", "value": "1"}])
+    spec["output"]["imageLabels"] = [
+        {"name": "team", "value": "payments"},
+        {"name": "io.openshift.build.commit.ref", "value": "overridden"},
+    ]
+    outcome = await env.executor().run(make_build(spec, "metadata-1"), RecordingReporter())
+    log = env.logs.read("team", "metadata-1").decode()
+    assert isinstance(outcome, Succeeded), log
+    commit = repo.rev_parse("main")
+    # What a user pulling the image sees (buildah inspect of the pushed image).
+    pulled = buildah_env.run("pull", "--tls-verify=false", "-q", image).stdout.strip()
+    config = json.loads(buildah_env.run("inspect", "--type", "image", pulled).stdout)["OCIv1"][
+        "config"
+    ]
+    environment = config["Env"]
+    for expected in [
+        "OWN=kept",
+        "STRATEGY_ENV=1",
+        "OPENSHIFT_BUILD_NAME=metadata-1",
+        "OPENSHIFT_BUILD_NAMESPACE=team",
+        f"OPENSHIFT_BUILD_SOURCE={repo.git_url}",
+        "OPENSHIFT_BUILD_REFERENCE=main",
+        f"OPENSHIFT_BUILD_COMMIT={commit}",
+    ]:
+        assert expected in environment, (expected, environment)
+    labels = config["Labels"]
+    assert labels["team"] == "payments"
+    assert labels["io.openshift.build.commit.ref"] == "overridden"
+    assert labels["io.openshift.build.commit.id"] == commit
+    assert labels["io.openshift.build.name"] == "metadata-1"
+    assert labels["io.openshift.build.source-location"] == repo.git_url
+    assert image_config(env.registry, "strategies/metadata", "v1")["Labels"] == labels

@@ -1,4 +1,5 @@
-"""Instantiate, list (selectors, pages), read, cancel by PATCH and delete Builds over HTTP."""
+"""Instantiate, list (selectors, pages), read, cancel by PATCH, clone and delete Builds over
+HTTP; binary BuildConfigs refused by instantiate."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 from tests.support.processes import async_wait_for
 from tests.web.conftest import Env
 from tests.web.test_buildconfigs import status_of
+from triggerd.model import requests
+from triggerd.planning import archives
 
 MERGE = "application/merge-patch+json"
 CANCEL = {"status": {"cancelled": True}}
@@ -211,3 +214,87 @@ async def test_delete_buildconfig_takes_its_builds(env: Env) -> None:
     await env.start()
     assert (await env.call("DELETE", "buildconfigs/app")).status == 200
     assert await names(env) == []
+
+
+CLONE_REQUEST = {"kind": "BuildRequest", "apiVersion": "build.openshift.io/v1"}
+
+
+async def test_clone_starts_a_build_like_the_earlier_one(env: Env) -> None:
+    await env.create_bc(
+        strategy={"type": "Docker", "dockerStrategy": {"env": [{"name": "KEEP", "value": "c"}]}}
+    )
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    await env.start(
+        body={
+            "kind": "BuildRequest",
+            "metadata": {"name": "app", "labels": {"who": "ada"}},
+            "revision": {"type": "Git", "git": {"commit": commit, "message": "Fix"}},
+            "env": [{"name": "FROM_REQUEST", "value": "1"}],
+            "dockerStrategyOptions": {"buildArgs": [{"name": "ARG", "value": "a"}]},
+        }
+    )
+    # The BuildConfig moves on; the clone is still like the build it clones.
+    await env.start()
+    body = {
+        **CLONE_REQUEST,
+        "metadata": {"name": "app-1"},
+        "env": [{"name": "FROM_CLONE", "value": "2"}],
+    }
+    response = await env.call("POST", "builds/app-1/clone", json=body)
+    assert response.status == 201, await response.text()
+    clone = await response.json()
+    assert clone["metadata"]["name"] == "app-3"
+    assert clone["metadata"]["annotations"]["openshift.io/build.clone-of"] == "app-1"
+    assert clone["metadata"]["annotations"]["openshift.io/build.number"] == "3"
+    assert clone["metadata"]["labels"]["who"] == "ada"
+    assert clone["metadata"]["labels"]["openshift.io/build-config.name"] == "app"
+    assert clone["spec"]["revision"]["git"]["commit"] == commit
+    assert clone["spec"]["triggeredBy"] == [{"message": "Manually triggered"}]
+    docker = clone["spec"]["strategy"]["dockerStrategy"]
+    assert docker["env"] == [
+        {"name": "KEEP", "value": "c"},
+        {"name": "FROM_REQUEST", "value": "1"},
+        {"name": "FROM_CLONE", "value": "2"},
+    ]
+    assert docker["buildArgs"] == [{"name": "ARG", "value": "a"}]
+    # An empty body is a plain clone too; the build must exist.
+    response = await env.call("POST", "builds/app-2/clone")
+    assert response.status == 201, await response.text()
+    assert (await response.json())["metadata"]["name"] == "app-4"
+    assert (await env.call("POST", "builds/app-99/clone")).status == 404
+    # The body names the build it clones, as OpenShift's BuildRequest does.
+    response = await env.call(
+        "POST", "builds/app-1/clone", json={**CLONE_REQUEST, "metadata": {"name": "app-2"}}
+    )
+    assert response.status == 422
+
+
+async def test_binary_configs_need_their_input(env: Env) -> None:
+    await env.create_bc("bin", source={"type": "Binary", "binary": {}})
+    before = await env.snapshot()
+    response = await env.call("POST", "buildconfigs/bin/instantiate", json=None)
+    assert response.status == 400
+    assert "cannot start a binary build without input" in (await response.json())["message"]
+    assert await env.snapshot() == before
+    # A binary build (as instantiatebinary makes it) is cloned with its upload, while the
+    # upload is kept.
+    digest = "sha256:" + "ab" * 32
+    await env.engine.instantiate(
+        "default",
+        "bin",
+        requests.BuildRequest(annotations={archives.INPUT_ANNOTATION: digest}),
+    )
+    response = await env.call("POST", "builds/bin-1/clone")
+    assert response.status == 409
+    assert "no longer stored" in (await response.json())["message"]
+    upload = archives.upload_path(env.settings.data_dir.resolve(), digest)
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"the upload")
+    response = await env.call("POST", "builds/bin-1/clone")
+    assert response.status == 201, await response.text()
+    assert (await response.json())["metadata"]["annotations"][archives.INPUT_ANNOTATION] == digest
+    # A request cannot point a clone at another upload.
+    body = {**CLONE_REQUEST, "metadata": {"annotations": {archives.INPUT_ANNOTATION: digest}}}
+    response = await env.call("POST", "builds/bin-1/clone", json=body)
+    assert response.status == 400
+    assert archives.INPUT_ANNOTATION in (await response.json())["message"]

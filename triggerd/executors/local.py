@@ -156,6 +156,8 @@ class LocalExecutor:
         to 0600 files under ``<workspace>/secrets`` and referred to by path only."""
         settings = self.settings
         insecure = frozenset(h for h, r in settings.registries.items() if r.insecure)
+        push_auth = self._push_auth(build, workspace)
+        cache = self._cache_repository(build)
         return buildah.PlanContext(
             storage_driver=settings.buildah.storage_driver,
             root=str(self.storage_root),
@@ -163,7 +165,7 @@ class LocalExecutor:
             isolation=settings.buildah.isolation,
             insecure_registries=insecure,
             image_stream_registry=settings.image_stream_registry,
-            push_auth_file=self._push_auth(build, workspace),
+            push_auth_file=push_auth,
             pull_auth_file=self._pull_auth(build, workspace),
             image_pull_auth_files=self._image_pull_auth(build, workspace),
             git_ssh_key_file=self._ssh_key(build, workspace),
@@ -174,8 +176,15 @@ class LocalExecutor:
             binary_limits=archives.limits_for(settings),
             secret_dirs=self._secret_dirs(build, workspace),
             config_map_dirs=self._config_map_dirs(build, workspace),
-            cache_repository=self._cache_repository(build),
+            cache_repository=cache,
+            cache_auth_file=self._cache_auth(cache, push_auth) if cache else None,
         )
+
+    def _cache_auth(self, cache: str, push_auth: str | None) -> str | None:
+        """Credentials to push the layer cache with: the cache registry's own (registries
+        setting), else the build's push credentials (the cache lives where builds push)."""
+        configured = self.settings.registry(references.parse(cache).registry).auth_file
+        return configured or push_auth
 
     def _cache_repository(self, build: Build) -> str | None:
         """The registry layer cache for this build: the Build's cache annotation (copied

@@ -7,7 +7,9 @@ offending path; the runner unpacks the stored upload into the build's workspace 
 have been swapped, and the checks must hold for what is actually written).
 
 Rules: no absolute paths, no ``..``, no member below a symlink, symlinks and hard links
-only to targets inside the context, no device files, FIFOs or sockets, at most
+only to targets inside the context (a symlink's target resolved through the archive's
+other symlinks, as the kernel will: ``d -> .`` makes ``a -> d/../x`` point outside), no
+device files, FIFOs or sockets, at most
 ``max_files`` entries and ``max_size`` bytes once unpacked (counted from the bytes
 written, not from the headers, so a lying zip or a gzip bomb stops at the cap).
 
@@ -22,7 +24,7 @@ import posixpath
 import stat
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -183,15 +185,18 @@ def _walk(archive: Path, limits: Limits, destination: Path | None) -> Summary:
     with archive.open("rb") as f:
         fmt = detect(f.read(512))
     budget = _Budget(limits)
-    symlinks: set[str] = set()
+    symlinks: dict[str, str] = {}
+    parents: set[str] = set()  # directories other members are in
     files: set[str] = set()
     members = _tar_members(archive) if fmt is ArchiveFormat.TAR else _zip_members(archive)
     for member in members:
         budget.count(member.name)
         _check_parents(member.name, symlinks)
+        parents.update(_parents_of(member.name))
         if member.kind is _Kind.SYMLINK:
             _check_symlink(member.name, member.link)
-            symlinks.add(member.name)
+            symlinks[member.name] = member.link
+            _resolve_inside(member.name, symlinks)
         elif member.kind is _Kind.HARDLINK and member.link not in files:
             raise UnsafeArchive(member.name, "hard link to something outside the archive")
         if destination is None:
@@ -201,6 +206,13 @@ def _walk(archive: Path, limits: Limits, destination: Path | None) -> Summary:
             _materialise(destination, member, budget)
         if member.kind in (_Kind.FILE, _Kind.HARDLINK):
             files.add(member.name)
+    # A link checked early can escape through one that came later (a -> d/../x, then
+    # d -> .): every link is resolved again against all of them. Nothing was written
+    # outside the destination meanwhile: extraction never follows a link.
+    for name in symlinks:
+        if name in parents:
+            raise UnsafeArchive(name, "is a symlink and a directory with members in it")
+        _resolve_inside(name, symlinks)
     return Summary(format=fmt, files=budget.files, size=budget.size)
 
 
@@ -215,7 +227,53 @@ def _drain(member: _Member) -> int:
     return total
 
 
-def _check_parents(name: str, symlinks: set[str]) -> None:
+#: Links followed while resolving one path before it counts as a loop (Linux's limit).
+MAX_LINK_HOPS = 40
+
+
+def _resolve_inside(name: str, symlinks: dict[str, str]) -> str:
+    """Where the link ``name`` points, resolved as the kernel would against the archive's
+    ``symlinks`` (path → target); UnsafeArchive when it leaves the context or loops."""
+    target = symlinks[name]
+    pending = [p for p in posixpath.dirname(name).split("/") if p]
+    pending += [p for p in target.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    pending.reverse()  # a stack: the next component on top
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if not resolved:
+                raise UnsafeArchive(name, f"symlink to {target!r} points outside the build context")
+            resolved.pop()
+            continue
+        here = "/".join([*resolved, part])
+        link = symlinks.get(here)
+        if link is None:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS or link.startswith("/"):
+            problem = (
+                "is a symlink loop"
+                if hops > MAX_LINK_HOPS
+                else (f"symlink to {target!r} points outside the build context")
+            )
+            raise UnsafeArchive(name, problem)
+        # The link's target replaces it, relative to the directory it is in.
+        pending.extend(reversed([p for p in link.split("/") if p]))
+    return "/".join(resolved)
+
+
+def _parents_of(name: str) -> Iterator[str]:
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def _check_parents(name: str, symlinks: Mapping[str, str]) -> None:
     parts = name.split("/")
     for i in range(1, len(parts)):
         if "/".join(parts[:i]) in symlinks:

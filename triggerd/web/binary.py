@@ -5,8 +5,9 @@ The body is the build context as a tar (plain, gzip, bzip2 or xz) or zip stream,
 (never held in memory), capped at maxBinarySize (413), checked with
 :func:`triggerd.planning.archives.scan` (400 naming the offending path), then kept
 content-addressed at ``<dataDir>/uploads/sha256/<hex>`` and referred to from the Build by
-annotation, so re-running the build uses the same input. The ``revision.*`` query
-parameters become the Build's ``spec.revision`` as in OpenShift's
+annotation, so re-running the build (``builds/{name}/clone``) uses the same input. Without
+``asFile`` in the query, the BuildConfig's ``source.binary.asFile`` decides. The
+``revision.*`` query parameters become the Build's ``spec.revision`` as in OpenShift's
 BinaryBuildRequestOptions.
 
 The route table :data:`ROUTES` is wired by the composition root; domain errors are mapped
@@ -52,7 +53,8 @@ BODY_TYPES = (
 
 
 def parse_revision(query: dict[str, str]) -> specs.SourceRevision | None:
-    """OpenShift's revision.* query parameters, or None when none is given."""
+    """OpenShift's revision.* query parameters, or None when none is given; BadRequest for
+    a commit that is not a commit id (it is what the image's labels and env will say)."""
     commit = query.get("revision.commit", "")
     message = query.get("revision.message", "")
     author = specs.SourceControlUser(
@@ -64,6 +66,12 @@ def parse_revision(query: dict[str, str]) -> specs.SourceRevision | None:
     )
     if not (commit or message or author.name or author.email or committer.name or committer.email):
         return None
+    if commit and not (
+        4 <= len(commit) <= 64 and all(c in "0123456789abcdefABCDEF" for c in commit)
+    ):
+        raise errors.BadRequest(
+            f"query parameter revision.commit={commit[:80]!r} must be a hexadecimal commit id"
+        )
     return specs.SourceRevision(
         commit=commit,
         message=message,
@@ -85,12 +93,20 @@ async def instantiate_binary(request: web.Request) -> web.Response:
             archives.check_file_name(as_file)
         except archives.UnsafeArchive as e:
             raise errors.BadRequest(f"query parameter asFile: {e}") from e
+    revision = parse_revision(query)
     config = await engine.store.get_buildconfig(namespace, name)
-    if config.spec.source.binary is None:
+    binary_source = config.spec.source.binary
+    if binary_source is None:
         raise errors.BadRequest(
             f'BuildConfig "{name}" does not have binary source (spec.source.binary); '
             "use instantiate instead"
         )
+    if not as_file and binary_source.as_file:
+        # The BuildConfig's binary.asFile applies when the request names no file of its own.
+        try:
+            as_file = archives.check_file_name(binary_source.as_file)
+        except archives.UnsafeArchive as e:
+            raise errors.BadRequest(f"spec.source.binary.asFile: {e}") from e
     limits = archives.limits_for(settings)
     data_dir = settings.data_dir.resolve()
     digest, temporary = await _receive(request, data_dir, limits.max_size)
@@ -106,7 +122,7 @@ async def instantiate_binary(request: web.Request) -> web.Response:
     annotations = {archives.INPUT_ANNOTATION: digest}
     if as_file:
         annotations[archives.AS_FILE_ANNOTATION] = as_file
-    build_request = requests.BuildRequest(revision=parse_revision(query), annotations=annotations)
+    build_request = requests.BuildRequest(revision=revision, annotations=annotations)
     build = await engine.instantiate(namespace, name, build_request)
     doc = build.to_dict()
     doc["apiVersion"] = f"{group_of(request)}/v1"
