@@ -296,12 +296,35 @@ async def _start_binary(client: Client, config: str, args: argparse.Namespace) -
     return json.loads(text)
 
 
+def _binary_source(args: argparse.Namespace) -> bool:
+    return bool(args.from_dir or args.from_file or args.from_archive or args.from_repo)
+
+
+def check_start_build(args: argparse.Namespace) -> str | None:
+    """Why these start-build options cannot go together, or None. Nothing is dropped
+    silently: instantiatebinary has no env or build args (OpenShift's
+    BinaryBuildRequestOptions has none), and a clone builds its build's commit."""
+    if bool(args.buildconfig) == bool(args.from_build):
+        return "give a BUILDCONFIG or --from-build BUILD"
+    if args.from_build and (_binary_source(args) or args.commit):
+        return (
+            "--from-build cannot be combined with --commit or --from-dir/--from-file/"
+            "--from-archive/--from-repo: a clone builds the input of the build it clones"
+        )
+    if _binary_source(args) and (args.env or args.build_arg):
+        return (
+            "--env and --build-arg cannot be used with --from-dir/--from-file/--from-archive/"
+            "--from-repo: a binary build takes them from its BuildConfig"
+        )
+    return None
+
+
 async def cmd_start_build(client: Client, args: argparse.Namespace) -> int:
-    config = _strip_kind(args.buildconfig)
+    target = _strip_kind(args.from_build or args.buildconfig)
     body: dict[str, Any] = {
         "kind": "BuildRequest",
         "apiVersion": "build.openshift.io/v1",
-        "metadata": {"name": config},
+        "metadata": {"name": target},
     }
     if args.commit:
         body["revision"] = {"type": "Git", "git": {"commit": args.commit}}
@@ -309,11 +332,15 @@ async def cmd_start_build(client: Client, args: argparse.Namespace) -> int:
         body["env"] = _pairs(args.env)
     if args.build_arg:
         body["dockerStrategyOptions"] = {"buildArgs": _pairs(args.build_arg)}
-    if args.from_dir or args.from_file or args.from_archive or args.from_repo:
-        build = await _start_binary(client, config, args)
+    if args.from_build:
+        # oc start-build --from-build: the server's clone of that build.
+        body["triggeredBy"] = [{"message": "Manually triggered"}]
+        build = await client.call("POST", client.url("builds", target, "clone"), body=body)
+    elif _binary_source(args):
+        build = await _start_binary(client, target, args)
     else:
         build = await client.call(
-            "POST", client.url("buildconfigs", config, "instantiate"), body=body
+            "POST", client.url("buildconfigs", target, "instantiate"), body=body
         )
     name = build["metadata"]["name"]
     print(f"build/{name} started", flush=True)
@@ -393,14 +420,38 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", choices=("yaml", "json"))
     get.add_argument("-l", "--selector", help="label selector, e.g. app=web")
 
-    start = commands.add_parser("start-build", parents=[client], help="start a build")
-    start.add_argument("buildconfig", metavar="BUILDCONFIG")
-    start.add_argument("--commit", help="build this commit")
-    start.add_argument("--env", "-e", action="append", type=_key_value, metavar="K=V")
-    start.add_argument("--build-arg", action="append", type=_key_value, metavar="K=V")
+    start = commands.add_parser(
+        "start-build",
+        parents=[client],
+        help="start a build",
+        description="Start a build of BUILDCONFIG, or a new build like BUILD (--from-build). "
+        "The --from-* options upload the build's input (binary builds); the upload is kept, "
+        "so --from-build re-runs a binary build without uploading again.",
+    )
+    start.set_defaults(usage_parser=start)
+    start.add_argument("buildconfig", metavar="BUILDCONFIG", nargs="?")
+    start.add_argument(
+        "--from-build", metavar="BUILD", help="start a new build like BUILD (its clone)"
+    )
+    start.add_argument(
+        "--commit",
+        help="build this commit (with --from-dir/--from-file/--from-archive: recorded as the "
+        "build's revision; with --from-repo: the commit archived)",
+    )
+    start.add_argument(
+        "--env", "-e", action="append", type=_key_value, metavar="K=V",
+        help="set a strategy environment variable (not with --from-*)",
+    )  # fmt: skip
+    start.add_argument(
+        "--build-arg", action="append", type=_key_value, metavar="K=V",
+        help="set a Docker build argument (not with --from-*)",
+    )  # fmt: skip
     source = start.add_mutually_exclusive_group()
     source.add_argument(
-        "--from-dir", metavar="DIR", help="upload DIR (without .git) as the context"
+        "--from-dir",
+        metavar="DIR",
+        help="upload DIR as the context (.git directories are left out; to send the "
+        "repository, use --from-repo)",
     )
     source.add_argument("--from-file", metavar="FILE", help="upload FILE as the only file")
     source.add_argument("--from-archive", metavar="FILE", help="upload a tar, tar.gz or zip")
@@ -476,6 +527,11 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "start-build":
+        problem = check_start_build(args)
+        if problem:
+            # A usage error (exit 2 with the usage), as a missing argument is.
+            args.usage_parser.error(problem)
     if args.command == "serve":
         return run_serve(args)
     try:

@@ -2,10 +2,12 @@
 
 ``triggerd start-build BC --from-dir DIR | --from-file FILE | --from-archive FILE |
 --from-repo DIR [--commit REV]`` calls :func:`start_binary`. A directory is packed as a
-tar.gz without ``.git`` (unless asked), a repository with ``git archive`` of the commit (its
-author, committer and message go along as ``revision.*``), a file is sent as is with
-``asFile``, an archive is sent unchanged. The body is streamed from a temporary file with a
-tqdm progress bar on stderr (only when stderr is a terminal, unless forced).
+tar.gz without ``.git`` (the CLI has no option to include it; ``--from-repo`` sends a
+commit), a repository with ``git archive`` of the commit (its author, committer
+and message go along as ``revision.*``), a file is sent as is with ``asFile``, an archive
+is sent unchanged; ``--commit`` with the other three is sent as ``revision.commit``. The
+body is streamed from a temporary file with a tqdm progress bar on stderr (only when stderr
+is a terminal, unless forced).
 
 Never follows symlinks out of the directory being packed (they are stored as links; the
 server refuses ones that escape) and never sends device files.
@@ -130,7 +132,11 @@ def prepare(
             "give exactly one of --from-dir, --from-file, --from-archive, --from-repo"
         )
     if from_dir:
-        return pack_directory(Path(from_dir), include_git=include_git)
+        packed = pack_directory(Path(from_dir), include_git=include_git)
+        if commit:
+            # What the directory is a checkout of: the build's revision (labels, env).
+            packed.params["revision.commit"] = commit
+        return packed
     if from_repo:
         return pack_repository(Path(from_repo), commit)
     path = Path(from_file or from_archive or "")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import select
+import struct
 import subprocess
 import sys
+import tarfile
+import termios
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -231,3 +237,128 @@ def test_python_dash_m_reports_usage_errors() -> None:
     result = triggerd("start-build")
     assert result.code == 2
     assert "usage: triggerd start-build" in result.err
+
+
+def binary_buildconfig(folder: Path, name: str, namespace: str) -> Path:
+    """A binary BuildConfig whose builds fail at once, before buildah runs (the upload has no
+    file at its dockerfilePath): the CLI tests are about uploads and builds started."""
+    doc = {
+        "apiVersion": "build.openshift.io/v1",
+        "kind": "BuildConfig",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {"type": "Binary", "binary": {}},
+            "strategy": {"type": "Docker",
+                         "dockerStrategy": {"dockerfilePath": "no-such-Dockerfile"}},
+            "output": {"to": {"kind": "DockerImage", "name": f"{LOOPBACK}:1/t/{name}:latest"}},
+        },
+    }  # fmt: skip
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_with_terminal(args: list[str], server: Server) -> tuple[int, str, str]:
+    """``python -m triggerd ARGS`` with stderr on a pseudo-terminal (so the upload shows its
+    tqdm progress bar, as for a user at a terminal): (exit code, stdout, terminal output)."""
+    master, slave = os.openpty()
+    # A terminal of 100 columns (a fresh pty has none, and tqdm then draws nothing).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "triggerd", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=python_env(
+                {"TRIGGERD_SERVER": server.url, "TRIGGERD_DATA_DIR": str(server.data_dir)}
+            ),
+        )
+    finally:
+        os.close(slave)
+    terminal = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no terminal output for 60 s: {terminal!r}")
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every writer of the terminal is gone
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(timeout=60), out, terminal.decode(errors="replace")
+
+
+def annotation(server: Server, namespace: str, build: str, key: str) -> str:
+    doc = json.loads(ok(triggerd("get", "build", build, "-n", namespace, "-o", "json",
+                                 server=server)))  # fmt: skip
+    return str(doc["metadata"]["annotations"].get(key, ""))
+
+
+def test_start_build_uploads_with_a_progress_bar_and_reruns_from_build(
+    server: Server, tmp_path: Path
+) -> None:
+    ns = "binary"
+    ok(triggerd("apply", "-f", str(binary_buildconfig(tmp_path, "upload", ns)), server=server))
+    context = tmp_path / "ctx"
+    (context / ".git").mkdir(parents=True)
+    (context / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (context / "app.txt").write_text("x" * 300_000)
+    code, out, terminal = run_with_terminal(
+        ["start-build", "upload", "-n", ns, "--from-dir", str(context)], server
+    )
+    assert code == 0, (out, terminal)
+    assert out == "build/upload-1 started\n"
+    assert "Uploading" in terminal and "100%" in terminal, terminal
+    digest = annotation(server, ns, "upload-1", "triggerd.dev/binary-input")
+    assert digest.startswith("sha256:")
+
+    # An archive, as prepared by the user, with --commit recorded as the revision.
+    archive = tmp_path / "ctx.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(context / "app.txt", arcname="app.txt")
+    code, out, terminal = run_with_terminal(
+        ["start-build", "upload", "-n", ns, "--from-archive", str(archive)], server
+    )
+    assert code == 0 and out == "build/upload-2 started\n", (out, terminal)
+    assert "Uploading" in terminal
+    ok(triggerd("start-build", "upload", "-n", ns, "--from-dir", str(context),
+                "--commit", "abc1234", server=server))  # fmt: skip
+    build = json.loads(
+        ok(triggerd("get", "build", "upload-3", "-n", ns, "-o", "json", server=server))
+    )
+    assert build["spec"]["revision"]["git"]["commit"] == "abc1234"
+
+    # Options a binary build cannot take are refused, not dropped.
+    for extra in (["--env", "A=1"], ["--build-arg", "B=2"]):
+        result = triggerd("start-build", "upload", "-n", ns, "--from-dir", str(context),
+                          *extra, server=server)  # fmt: skip
+        assert result.code == 2, result
+        assert "cannot be used with --from-dir" in result.err
+    # Without an upload the binary BuildConfig cannot start at all.
+    result = triggerd("start-build", "upload", "-n", ns, server=server)
+    assert result.code == 2
+    assert "cannot start a binary build without input" in result.err
+
+    # --from-build: a new build like upload-1, with its upload, no new upload needed.
+    wait_for(lambda: phase(server, ns, "upload-1") in FAILED, timeout=60, what="upload-1 ends")
+    result = triggerd("start-build", "--from-build", "upload-1", "-n", ns, "--follow",
+                      server=server)  # fmt: skip
+    assert result.code == 1, result  # followed to its end: it fails (no Dockerfile)
+    assert "no-such-Dockerfile does not exist" in result.out
+    assert result.out.startswith("build/upload-4 started\n")
+    assert annotation(server, ns, "upload-4", "triggerd.dev/binary-input") == digest
+    assert annotation(server, ns, "upload-4", "openshift.io/build.clone-of") == "upload-1"
+    assert "Uploading" not in result.err
+    for bad in (["--from-build", "upload-1", "--commit", "abc1234"],
+                ["--from-build", "upload-1", "--from-dir", str(context)],
+                ["upload", "--from-build", "upload-1"]):  # fmt: skip
+        result = triggerd("start-build", "-n", ns, *bad, server=server)
+        assert result.code == 2 and "usage: triggerd start-build" in result.err, result
