@@ -4,6 +4,7 @@ one build per new digest, dedup of repeats, chains through image streams, the ho
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.fakes import FakeExecutor
 from tests.imagechange.counting_registry import CountingRegistry
 from tests.imagechange.helpers import docker_ref, image_config_doc, istag
+from triggerd import metrics
 from triggerd.engine import Engine
 from triggerd.errors import Invalid
 from triggerd.executors import base as executors
@@ -57,7 +59,9 @@ Factory = Callable[..., Awaitable[World]]
 async def world(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Factory]:
     started: list[tuple[Engine, ImageChangeRuntime, aiohttp.ClientSession]] = []
 
-    async def make(*, initial_build: bool = True) -> World:
+    async def make(
+        *, initial_build: bool = True, monotonic: Callable[[], float] = time.monotonic
+    ) -> World:
         registry = CountingRegistry()
         server: TestServer = await aiohttp_server(registry.app(), host="127.0.0.1")
         host = f"127.0.0.1:{server.port}"
@@ -84,6 +88,7 @@ async def world(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Factory]:
             client=RegistryClient(session, insecure=lambda h: True),
             initial_build=initial_build,
             stream_registry=host,
+            monotonic=monotonic,
         )
         await runtime.start(poll=False)
         started.append((engine, runtime, session))
@@ -487,3 +492,37 @@ async def test_a_tag_moved_back_to_an_earlier_digest_rebuilds(world: Factory) ->
     assert pins[3:] == [f"{w.host}/base@{b}", f"{w.host}/base@{a}"]
     # No delivery record was needed for any of it.
     assert await w.engine.store.prune_deliveries(w.engine.clock()) == 0
+
+
+async def test_trigger_latency_and_digests_seen_are_measured(world: Factory) -> None:
+    """triggerd_image_change_to_build_seconds observes the time from the tag move being
+    seen (a notification received, a poll finding it) to the build being created."""
+    now = [1000.0]
+    w = await world(monotonic=lambda: now[0])
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    hist = "triggerd_image_change_to_build_seconds"
+    count0, sum0 = value(f"{hist}_count"), value(f"{hist}_sum")
+    le2, le5 = value(f"{hist}_bucket", {"le": "2.0"}), value(f"{hist}_bucket", {"le": "5.0"})
+    seen0 = value("triggerd_image_digests_seen_total", {"source": "distribution"})
+    digest = w.registry.push("base", "latest")
+    await add_config(w, image_config_doc("app", base=docker_ref(f"{w.host}/base:latest")))
+    # Received 3.5 s ago (the clock the runtime reads says 1000; observed at 996.5).
+    await w.runtime.handle_push(push(w, "base", "latest", digest, "e1"), 996.5, trusted=True)
+    assert len(await w.builds("app")) == 1
+    assert value(f"{hist}_count") - count0 == 1
+    assert value(f"{hist}_sum") - sum0 == pytest.approx(3.5)
+    assert value(f"{hist}_bucket", {"le": "2.0"}) - le2 == 0
+    assert value(f"{hist}_bucket", {"le": "5.0"}) - le5 == 1
+    assert value("triggerd_image_digests_seen_total", {"source": "distribution"}) - seen0 == 1
+    # A repeat of the same digest is neither a new digest nor a build to measure.
+    await w.runtime.handle_push(push(w, "base", "latest", digest, "e2"), 999.0, trusted=True)
+    assert value(f"{hist}_count") - count0 == 1
+    assert value("triggerd_image_digests_seen_total", {"source": "distribution"}) - seen0 == 1
+    # A poll that finds a move: observed when the poll saw it.
+    w.registry.push("base", "latest")
+    await w.runtime.watcher.run_cycle()
+    assert len(await w.builds("app")) == 2
+    assert value(f"{hist}_count") - count0 == 2

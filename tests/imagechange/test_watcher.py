@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 
 import pytest
@@ -9,7 +11,8 @@ import pytest
 from triggerd.errors import TemporaryError
 from triggerd.image_events import ImagePush, tag_key
 from triggerd.images import references
-from triggerd.images.registry_client import RegistryAuthError
+from triggerd.images import watch_metrics as metrics
+from triggerd.images.registry_client import RegistryAuthError, TagNotFound
 from triggerd.images.watcher import PollResult, TagWatcher
 
 
@@ -198,3 +201,103 @@ async def test_unwatched_tags_are_dropped() -> None:
     watcher.set_watches({})
     assert watcher.keys == frozenset()
     assert await watcher.run_due() == {}
+
+
+async def test_run_forever_polls_each_tag_at_its_jittered_interval() -> None:
+    """The production loop with a fake clock: sleeping advances it, so ten minutes of
+    polling run at once and every gap between two polls of a tag can be checked."""
+    script, changes, clock = Script(), Changes(), Clock()
+    refs = [references.parse(f"127.0.0.1:5000/r{i}:latest") for i in range(3)]
+    for r in refs:
+        script.digests[tag_key(r)] = "d"
+    polled: dict[str, list[float]] = {}
+
+    async def head(ref: references.ImageReference) -> str:
+        polled.setdefault(tag_key(ref), []).append(clock.now)
+        return await script.head(ref)
+
+    class Enough(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        if clock.now >= 600.0:
+            raise Enough
+        await asyncio.sleep(0)
+
+    watcher = TagWatcher(
+        head,
+        changes.on_change,
+        default_interval=60.0,
+        clock=clock,
+        sleep=sleep,
+        rng=random.Random(7),
+        jitter=0.1,
+    )
+    watcher.set_watches({tag_key(refs[0]): (refs[0], None), tag_key(refs[1]): (refs[1], 30.0)})
+    watcher.watch(refs[2], 0.2)  # below the minimum: polled every second, not in a spin
+    with pytest.raises(Enough):
+        await watcher.run_forever()
+    for key, every in ((tag_key(refs[0]), 60.0), (tag_key(refs[1]), 30.0)):
+        times = polled[key]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert times[0] == 0.0  # a new watch is due at once
+        assert all(every * 0.9 <= g <= every * 1.1 for g in gaps), gaps
+        assert len(set(gaps)) > 1  # jittered
+        assert len(times) == pytest.approx(600.0 / every, abs=2)
+    fast = polled[tag_key(refs[2])]
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(fast))
+    assert len(fast) <= 600 / 0.9 + 1
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_poll_metrics_count_results_backoff_and_digests() -> None:
+    script, changes, clock = Script(), Changes(), Clock()
+    other = references.parse("127.0.0.1:5000/missing:latest")
+    denied = references.parse("127.0.0.1:5000/denied:latest")
+    script.digests[KEY] = "sha256:" + "1" * 64
+    script.errors[tag_key(other)] = TagNotFound("127.0.0.1:5000/missing:latest does not exist")
+    script.errors[tag_key(denied)] = RegistryAuthError("denied")
+    watcher = make(script, changes, clock, base_backoff=4.0)
+
+    def polls(result: str) -> float:
+        return sample("triggerd_image_polls_total", {"result": result})
+
+    before = {r.value: polls(r.value) for r in PollResult}
+    seen_before = sample("triggerd_image_digests_seen_total", {"source": "poll"})
+    watcher.set_watches(
+        {KEY: (REF, None), tag_key(other): (other, None), tag_key(denied): (denied, None)}
+    )
+    assert sample("triggerd_image_watched_tags") == 3
+    await watcher.run_cycle()
+    await watcher.run_cycle()
+    script.digests[KEY] = "sha256:" + "2" * 64
+    await watcher.run_cycle()
+
+    def delta(result: PollResult) -> float:
+        return polls(result.value) - before[result.value]
+
+    assert delta(PollResult.FIRST) == 1
+    assert delta(PollResult.UNCHANGED) == 1
+    assert delta(PollResult.CHANGED) == 1
+    assert delta(PollResult.NOT_FOUND) == 3
+    assert delta(PollResult.AUTH_ERROR) == 3
+    assert sample("triggerd_image_digests_seen_total", {"source": "poll"}) - seen_before == 2
+    # An outage: the first failure puts the host into backoff, its other tags are deferred
+    # (not sent); the backoff is exported, then cleared when the host recovers.
+    script.down = True
+    await watcher.run_cycle()
+    assert delta(PollResult.TEMPORARY_ERROR) == 1
+    assert delta(PollResult.DEFERRED) == 2
+    assert sample("triggerd_image_poll_backoff_hosts") == 1
+    assert sample("triggerd_image_poll_backoff_seconds", {"registry": "127.0.0.1:5000"}) == 4.0
+    await watcher.run_cycle()
+    assert delta(PollResult.DEFERRED) == 5
+    script.down = False
+    clock.now += 100.0
+    await watcher.run_cycle()
+    assert sample("triggerd_image_poll_backoff_hosts") == 0
+    assert sample("triggerd_image_poll_backoff_seconds", {"registry": "127.0.0.1:5000"}) == 0
