@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from triggerd import metrics
 from triggerd.errors import TemporaryError
 from triggerd.image_events import ImagePush, tag_key
 from triggerd.images import references
-from triggerd.images import watch_metrics as metrics
 from triggerd.images.registry_client import RegistryAuthError, TagNotFound
 from triggerd.images.watcher import PollResult, TagWatcher
 
