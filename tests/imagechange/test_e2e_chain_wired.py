@@ -1,16 +1,21 @@
 """After the engine/server/planner wiring: the ImageStreamTag build chain with buildah.
 
-base (FROM the busybox in the registry, output ImageStreamTag base:latest) builds and pushes
-to imageStreamRegistry; that records the image in the stream, which starts app (FROM
-ImageStreamTag base:latest), pinned to the pushed digest; app builds on it with buildah."""
+base (FROM a busybox tag in the registry, output ImageStreamTag base:latest) builds and
+pushes to imageStreamRegistry; that records the image in the stream, which starts app (FROM
+ImageStreamTag base:latest), pinned to the pushed digest; app builds on it with buildah.
+Then the busybox tag moves (a security fix in the base's base): base rebuilds once, pinned
+to the new digest, and app rebuilds once more, pinned to base's new image."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from tests.imagechange.helpers import docker_ref, image_config_doc, istag
+from tests.support.buildah import BUSYBOX_LOCAL_NAME, BuildahEnv
 from tests.support.processes import async_wait_for
 from tests.support.registry import Registry
 from triggerd.engine import Engine
@@ -18,7 +23,7 @@ from triggerd.executors.local import LocalExecutor
 from triggerd.imagechange_runtime import create_runtime
 from triggerd.logs import LogStore
 from triggerd.model import imagestreams
-from triggerd.model.builds import Phase
+from triggerd.model.builds import Build, Phase
 from triggerd.settings import RegistrySettings, Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
@@ -26,7 +31,26 @@ from triggerd.store.sqlite import SqliteStore
 pytestmark = pytest.mark.e2e
 
 
-async def test_image_stream_chain(tmp_path: Path, registry: Registry, base_image: str) -> None:
+def pin(build: Build) -> str:
+    docker = build.spec.strategy.docker
+    assert docker is not None and docker.from_image is not None
+    return docker.from_image.name
+
+
+def busybox_variant(env: BuildahEnv) -> str:
+    """The busybox base with one more label: the same files, a new digest."""
+    name = "localhost/triggerd-tests/chain-busybox-fixed:latest"
+    if env.image_id(name) is None:
+        ctr = env.run("from", "--pull-never", BUSYBOX_LOCAL_NAME).stdout.strip()
+        env.run("config", "--label", "triggerd.fix=1", ctr)
+        env.run("commit", "--quiet", ctr, name)
+        env.run("rm", ctr)
+    return name
+
+
+async def test_image_stream_chain(
+    tmp_path: Path, registry: Registry, base_image: str, buildah_env: BuildahEnv
+) -> None:
     data = tmp_path / "data"
     logs = LogStore(data / "logs")
     settings = Settings(
@@ -48,7 +72,10 @@ async def test_image_stream_chain(tmp_path: Path, registry: Registry, base_image
         await runtime.streams.create_stream(
             imagestreams.parse({"metadata": {"name": "base"}}), now=engine.clock()
         )
-        base = image_config_doc("base", base=docker_ref(base_image), output=istag("base:latest"))
+        # A tag of its own, so that moving it touches no other test.
+        upstream = registry.ref("chain/busybox")
+        first_upstream = await asyncio.to_thread(buildah_env.push, BUSYBOX_LOCAL_NAME, upstream)
+        base = image_config_doc("base", base=docker_ref(upstream), output=istag("base:latest"))
         base["spec"]["source"] = {"type": "Dockerfile", "dockerfile": "FROM x\nLABEL role=base\n"}
         app = image_config_doc(
             "app", base=istag("base:latest"), output=docker_ref(registry.ref("chain/app"))
@@ -58,19 +85,47 @@ async def test_image_stream_chain(tmp_path: Path, registry: Registry, base_image
         await engine.create_buildconfig(base)
         await runtime.watcher.run_cycle()
 
-        async def done() -> bool:
-            await runtime.drain()
-            page = await engine.store.list_builds(BuildQuery(namespace="default"))
-            return len(page.builds) == 2 and all(b.phase.terminal for b in page.builds)
+        def done(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                await runtime.drain()
+                page = await engine.store.list_builds(BuildQuery(namespace="default"))
+                return len(page.builds) == count and all(b.phase.terminal for b in page.builds)
 
-        await async_wait_for(done, timeout=240, what="base and app builds")
-        page = await engine.store.list_builds(BuildQuery(namespace="default"))
-        by = {b.config_name: b for b in page.builds}
-        assert by["base"].phase is Phase.COMPLETE, by["base"].status.message
-        assert by["app"].phase is Phase.COMPLETE, by["app"].status.message
-        pinned = by["app"].spec.strategy.docker.from_image.name  # type: ignore[union-attr]
-        assert pinned == f"{registry.host}/default/base@{by['base'].status.output_digest}"
-        assert registry.head_digest("default/base", "latest") == by["base"].status.output_digest
+            return check
+
+        async def builds_of(config: str) -> list[Build]:
+            page = await engine.store.list_builds(BuildQuery(namespace="default"))
+            return [b for b in page.builds if b.config_name == config]
+
+        await async_wait_for(done(2), timeout=240, what="base and app builds")
+        (base_1,) = await builds_of("base")
+        (app_1,) = await builds_of("app")
+        assert base_1.phase is Phase.COMPLETE, base_1.status.message
+        assert app_1.phase is Phase.COMPLETE, app_1.status.message
+        assert pin(base_1) == f"{registry.host}/chain/busybox@{first_upstream}"
+        assert pin(app_1) == f"{registry.host}/default/base@{base_1.status.output_digest}"
+        assert registry.head_digest("default/base", "latest") == base_1.status.output_digest
+
+        # The base's base gets a fix: base rebuilds on it, then app on the new base, once.
+        fixed = await asyncio.to_thread(busybox_variant, buildah_env)
+        second_upstream = await asyncio.to_thread(buildah_env.push, fixed, upstream)
+        await runtime.watcher.run_cycle()
+        await async_wait_for(done(4), timeout=240, what="base and app rebuilt")
+        await runtime.watcher.run_cycle()  # nothing moved since: nothing more starts
+        await runtime.drain()
+        bases, apps = await builds_of("base"), await builds_of("app")
+        assert len(bases) == 2 and len(apps) == 2
+        base_2, app_2 = bases[1], apps[1]
+        assert base_2.phase is Phase.COMPLETE, base_2.status.message
+        assert app_2.phase is Phase.COMPLETE, app_2.status.message
+        assert pin(base_2) == f"{registry.host}/chain/busybox@{second_upstream}"
+        assert base_2.status.output_digest != base_1.status.output_digest
+        assert pin(app_2) == f"{registry.host}/default/base@{base_2.status.output_digest}"
+        assert app_2.triggered_by[0]["imageChangeBuild"]["fromRef"] == {
+            "kind": "ImageStreamTag",
+            "name": "base:latest",
+            "namespace": "default",
+        }
     finally:
         await runtime.stop()
         await engine.stop()

@@ -196,3 +196,126 @@ async def test_image_stream_api_and_scheduled_import_chain(
     assert r.status == 200
     r = await harness.client.get(f"{API}/base", headers=auth)
     assert r.status == 404
+
+
+def stream_doc(name: str, tags: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "image.openshift.io/v1",
+        "kind": "ImageStream",
+        "metadata": {"name": name},
+        "spec": {"tags": tags},
+    }
+
+
+async def test_a_spec_tag_is_imported_once_and_import_errors_become_conditions(
+    harness: Harness, aiohttp_server: Any
+) -> None:
+    """OpenShift imports every spec tag with a ``from`` when the stream is created or the
+    tag changes, scheduled or not; a failed import shows as an ImportSuccess False
+    condition with a reason (NotFound, Unauthorized) on status.tags[]."""
+    public = CountingRegistry()
+    private = CountingRegistry(auth="basic", users={"u": "p"})
+    public_host = f"127.0.0.1:{(await aiohttp_server(public.app(), host='127.0.0.1')).port}"
+    private_host = f"127.0.0.1:{(await aiohttp_server(private.app(), host='127.0.0.1')).port}"
+    digest = public.push("library/busybox", "1.36")
+    private.push("team/secret", "latest")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    doc = stream_doc(
+        "mixed",
+        [
+            {"name": "stable", "from": docker_ref(f"{public_host}/library/busybox:1.36")},
+            {"name": "missing", "from": docker_ref(f"{public_host}/library/busybox:nope")},
+            {"name": "private", "from": docker_ref(f"{private_host}/team/secret:latest")},
+            {"name": "local"},
+        ],
+    )
+    r = await harness.client.post(API, json=doc, headers=auth)
+    assert r.status == 201, await r.text()
+    await harness.runtime.drain()
+    r = await harness.client.get(f"{API}/mixed", headers=auth)
+    tags = {t["tag"]: t for t in (await r.json())["status"]["tags"]}
+    assert [i["image"] for i in tags["stable"]["items"]] == [digest]
+    assert tags["stable"]["items"][0]["dockerImageReference"] == (
+        f"{public_host}/library/busybox@{digest}"
+    )
+    assert "conditions" not in tags["stable"]
+    (missing,) = tags["missing"]["conditions"]
+    assert missing["type"] == "ImportSuccess" and missing["status"] == "False"
+    assert missing["reason"] == "NotFound"
+    assert "library/busybox:nope" in missing["message"]
+    assert tags["missing"]["items"] == []
+    (denied,) = tags["private"]["conditions"]
+    assert denied["reason"] == "Unauthorized" and "team/secret" in denied["message"]
+    assert "local" not in tags
+    # Imported once: polling does not touch tags that are not scheduled.
+    heads = public.counts["HEAD"]
+    await harness.runtime.watcher.run_cycle()
+    assert public.counts["HEAD"] == heads
+    # A replace that keeps every tag's from imports nothing (not even "missing", which
+    # exists upstream now); a changed from is imported, and its success clears the
+    # tag's condition.
+    public.push("library/busybox", "nope")
+    r = await harness.client.get(f"{API}/mixed", headers=auth)
+    current = await r.json()
+    current["metadata"]["labels"] = {"touched": "yes"}
+    r = await harness.client.put(f"{API}/mixed", json=current, headers=auth)
+    assert r.status == 200, await r.text()
+    await harness.runtime.drain()
+    assert public.counts["HEAD"] == heads
+    current = await r.json()
+    current["spec"]["tags"][2]["from"] = docker_ref(f"{public_host}/library/busybox:nope")
+    r = await harness.client.put(f"{API}/mixed", json=current, headers=auth)
+    assert r.status == 200, await r.text()
+    await harness.runtime.drain()
+    r = await harness.client.get(f"{API}/mixed", headers=auth)
+    tags = {t["tag"]: t for t in (await r.json())["status"]["tags"]}
+    assert "conditions" not in tags["private"]
+    assert len(tags["private"]["items"]) == 1
+    assert "conditions" in tags["missing"]  # its from did not change: not imported again
+
+
+async def test_scheduled_import_errors_show_and_clear(
+    harness: Harness, aiohttp_server: Any
+) -> None:
+    registry = CountingRegistry()
+    host = f"127.0.0.1:{(await aiohttp_server(registry.app(), host='127.0.0.1')).port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    doc = stream_doc(
+        "base",
+        [
+            {
+                "name": "latest",
+                "from": docker_ref(f"{host}/library/busybox:latest"),
+                "importPolicy": {"scheduled": True},
+            }
+        ],
+    )
+    r = await harness.client.post(API, json=doc, headers=auth)
+    assert r.status == 201
+    await harness.runtime.watcher.run_cycle()
+    r = await harness.client.get(f"{API}/base", headers=auth)
+    (tag,) = (await r.json())["status"]["tags"]
+    assert tag["conditions"][0]["reason"] == "NotFound"
+    digest = registry.push("library/busybox", "latest")
+    await harness.runtime.watcher.run_cycle()
+    r = await harness.client.get(f"{API}/base", headers=auth)
+    (tag,) = (await r.json())["status"]["tags"]
+    assert "conditions" not in tag
+    assert [i["image"] for i in tag["items"]] == [digest]
+
+
+async def test_stream_poll_intervals_below_one_second_are_refused(harness: Harness) -> None:
+    doc = stream_doc(
+        "fast",
+        [
+            {
+                "name": "latest",
+                "from": docker_ref("127.0.0.1:5999/x:latest"),
+                "importPolicy": {"scheduled": True, "pollInterval": "0s"},
+            }
+        ],
+    )
+    r = await harness.client.post(API, json=doc, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 422
+    assert "spec.tags[0].importPolicy.pollInterval" in await r.text()
+    assert "at least 1s" in await r.text()

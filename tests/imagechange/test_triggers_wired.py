@@ -7,13 +7,13 @@ anything (what is under test is which builds are created and what they are pinne
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.fakes import FakeExecutor
 from tests.imagechange.counting_registry import CountingRegistry
@@ -31,6 +31,8 @@ from triggerd.model.requests import BuildRequest
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
+from triggerd.web import app as web_app
+from triggerd.web import registry_hooks
 
 NS = "default"
 
@@ -322,3 +324,51 @@ async def test_an_output_stream_that_does_not_exist_refuses_the_build(wired: Fac
     )
     build = await w.engine.instantiate(NS, "app", BuildRequest())
     assert build.spec.output.to is not None and build.spec.output.to.name == "missing:latest"
+
+
+async def test_rest_api_refuses_cycles_and_shows_trigger_status(wired: Factory) -> None:
+    """POST /buildconfigs answers 422 for a config that would close a build chain loop;
+    GET /buildconfigs/{name} carries status.imageChangeTriggers in OpenShift's shape."""
+    w = await wired()
+    digest = w.registry.push("base", "latest")
+    settings = replace(w.engine.settings, api_tokens=("t0k",))
+    app = web_app.make_app(w.engine, LogStore(w.engine.settings.data_dir / "l"), settings)
+    app[registry_hooks.IMAGE_CHANGE] = w.runtime
+    app.on_startup.clear()  # the fixture started the engine and the runtime
+    app.on_cleanup.clear()
+    auth = {"Authorization": "Bearer t0k"}
+    api = "/apis/build.openshift.io/v1/namespaces/default/buildconfigs"
+    for name in ("a", "b"):
+        await w.runtime.streams.create_stream(
+            imagestreams.parse({"metadata": {"name": name}}), now=w.engine.clock()
+        )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        first = image_config_doc("a", base=istag("b:latest"), output=istag("a:latest"))
+        r = await client.post(api, json=first, headers=auth)
+        assert r.status == 201, await r.text()
+        looping = image_config_doc("b", base=istag("a:latest"), output=istag("b:latest"))
+        r = await client.post(api, json=looping, headers=auth)
+        assert r.status == 422
+        status = await r.json()
+        assert status["reason"] == "Invalid"
+        (cause,) = status["details"]["causes"]
+        assert cause["field"] == "spec.triggers"
+        assert "build cycle: default/b → default/a → default/b" in cause["message"]
+        r = await client.get(f"{api}/b", headers=auth)
+        assert r.status == 404  # nothing was stored
+        # A paused trigger closes no loop: accepted.
+        looping["spec"]["triggers"] = [{"type": "ImageChange", "imageChange": {"paused": True}}]
+        r = await client.post(api, json=looping, headers=auth)
+        assert r.status == 201, await r.text()
+
+        await w.engine.create_buildconfig(image_config_doc("app", base=docker_ref(w.ref("base"))))
+        await w.runtime.watcher.run_cycle()
+        r = await client.get(f"{api}/app", headers=auth)
+        assert r.status == 200
+        (entry,) = (await r.json())["status"]["imageChangeTriggers"]
+        assert entry["from"] == {"name": w.ref("base")}
+        assert entry["lastTriggeredImageID"] == w.pinned("base", digest)
+        assert entry["lastTriggerTime"].endswith("Z")
+        r = await client.get(f"{api}/a", headers=auth)
+        (entry,) = (await r.json())["status"]["imageChangeTriggers"]
+        assert entry == {"from": {"name": "b:latest", "namespace": "default"}}
