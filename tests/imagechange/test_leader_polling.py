@@ -1,7 +1,8 @@
 """Kubernetes mode, two replicas wired by ``server.build_components`` on one fake API
 server: only the leader polls the registry and starts image change builds; when it steps
 down the other takes over, recovers the trigger states from the Build resources (its own
-state file knows nothing) and does not rebuild what the first one built."""
+state file knows nothing) and does not rebuild what the first one built; a BuildConfig
+applied straight to the API server (as kubectl does) is followed and built by the leader."""
 
 from __future__ import annotations
 
@@ -134,6 +135,20 @@ async def test_only_the_leader_polls_and_a_new_leader_does_not_rebuild(
         third = counting.push("team/base", "latest")
         await async_wait_for(lambda: built(3), timeout=10, what="b to build the next move")
         assert pins(await builds())[2] == f"{host}/team/base@{third}"
+
+        # A BuildConfig applied with kubectl (straight to the API server, through no
+        # engine): the leader's runtime follows it and builds it on the image it knows.
+        late = image_config_doc("late", base=docker_ref(f"{host}/team/base:latest"))
+        late["metadata"]["namespace"] = NAMESPACE
+        await store.create_buildconfig(buildconfigs.parse(late))
+
+        async def late_built() -> bool:
+            page = await store.list_builds(BuildQuery(namespace=NAMESPACE, config_name="late"))
+            return len(page.builds) == 1
+
+        await async_wait_for(late_built, timeout=10, what="the kubectl-applied config's build")
+        page = await store.list_builds(BuildQuery(namespace=NAMESPACE, config_name="late"))
+        assert pins(list(page.builds)) == [f"{host}/team/base@{third}"]
     finally:
         for replica in replicas:
             await stop_replica(replica)
