@@ -97,8 +97,10 @@ async def test_build_push_and_warm_rebuild(
 
     # What the user sees.
     assert f"--> FetchInputs: git -C source fetch --depth=1 --no-tags -- {repo.git_url} main" in log
-    assert f"STEP 1/4: FROM {env.base_image}" in log
-    assert "STEP 3/4: RUN sleep" in log
+    # The Dockerfile's three steps, then OpenShift's build ENV and the labels.
+    assert f"STEP 1/5: FROM {env.base_image}" in log
+    assert "STEP 3/5: RUN sleep" in log
+    assert "STEP 4/5: ENV OPENSHIFT_BUILD_NAME=" in log
     assert f"--> Pushed {image}@{outcome.digest}" in log
     labels = image_config(env, "executor/hello", "v1")["Labels"]
     assert isinstance(labels, dict)

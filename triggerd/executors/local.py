@@ -6,7 +6,8 @@ plan with :mod:`triggerd.planning.buildah`, and runs it through :mod:`triggerd.r
 per-build workspace under ``workspace_root``, writing the build log through
 :class:`~triggerd.logs.LogStore`. The workspace is deleted afterwards; the log and the
 buildah storage (``buildah.root``, default ``<dataDir>/storage``, so layers are reused by the
-next build) stay.
+next build) stay, kept within the layer cache settings by last use
+(:mod:`triggerd.executors.layer_cache`).
 
 It never logs or copies a secret's value anywhere but a 0600 file inside the workspace, and
 never leaves a process of a build running after :meth:`LocalExecutor.run` returns.
@@ -22,11 +23,13 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from triggerd import runner
+from triggerd.executors import layer_cache
 from triggerd.executors.base import Failed, Outcome, Reporter
 from triggerd.images import references
 from triggerd.logs import LogStore, snippet
@@ -34,6 +37,7 @@ from triggerd.model import buildconfigs
 from triggerd.model.builds import CONFIG_LABEL, Build, Reason
 from triggerd.model.specs import VolumeSourceType
 from triggerd.planning import archives, buildah
+from triggerd.planning.plan import OutputName
 from triggerd.settings import SecretSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -58,17 +62,33 @@ class _Refused(Exception):
         self.reason = reason
 
 
+#: Under the data dir: one file per image, touched when a build uses it (layer_cache).
+LAYER_USES_DIR = "layer-cache-uses"
+
+
 @dataclass(slots=True)
 class _Active:
     run: runner.PlanRun | None = None
     cancel_requested: bool = False
+    started: float = 0.0
+    #: image ids the build's buildah output named so far (cache hits, committed steps)
+    seen: layer_cache.OutputTap | None = None
 
 
 class LocalExecutor:
     """Runs builds as host processes; implements :class:`triggerd.executors.base.Executor`."""
 
-    def __init__(self, settings: Settings, logs: LogStore, workspace_root: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        logs: LogStore,
+        workspace_root: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
+        #: epoch seconds, for the layer cache's last-use times (tests move it)
+        self.clock = clock
         self.logs = logs
         self.workspace_root = workspace_root.resolve()
         data_dir = settings.data_dir.resolve()
@@ -77,16 +97,23 @@ class LocalExecutor:
         self._active: dict[tuple[str, str], _Active] = {}
         self._sweep_needed = False
         self._sweep_lock = asyncio.Lock()
+        self.uses = layer_cache.UseRecords(data_dir / LAYER_USES_DIR)
 
     # Executor protocol -----------------------------------------------------------------
     async def run(self, build: Build, reporter: Reporter) -> Outcome:
         key = (build.namespace, build.name)
         if key in self._active:
             raise RuntimeError(f"build {build.namespace}/{build.name} is already running")
-        active = self._active[key] = _Active()
+        tap = layer_cache.OutputTap()
+        active = self._active[key] = _Active(started=self.clock(), seen=tap)
         workspace = self.workspace(build.namespace, build.name)
         writer = self.logs.open_writer(build.namespace, build.name)
         result: runner.RunResult | None = None
+
+        def emit(data: bytes) -> None:
+            writer.write(data)
+            tap.feed(data)
+
         try:
             # A sweep must not remove the containers of a build that is starting.
             async with self._sweep_lock:
@@ -100,7 +127,7 @@ class LocalExecutor:
             run = active.run = runner.PlanRun(
                 plan,
                 workspace,
-                emit=writer.write,
+                emit=emit,
                 listener=reporter,
                 on_spawn=lambda pid: _record_group(workspace, pid),
             )
@@ -115,6 +142,8 @@ class LocalExecutor:
             if result is None or result.stopped is not None:
                 # A killed buildah leaves its working container behind in the storage.
                 self._sweep_needed = True
+            built = result.outputs.get(OutputName.IMAGE_ID, "") if result else ""
+            await self._record_use(tap.ids | ({built} if built else set()))
             await self._sweep_if_idle()
             await self.prune_layer_cache()
 
@@ -393,54 +422,93 @@ class LocalExecutor:
         helper.chmod(0o700)
         return str(helper)
 
+    async def _record_use(self, ids: set[str]) -> None:
+        """Touch the last-use record of every image on the layer chains the build used."""
+        if not ids or not self._pruning:
+            return
+        storage = await asyncio.to_thread(self._read_storage)
+        if storage is None:
+            return
+        used = storage.chain(storage.resolve(ids))
+        await asyncio.to_thread(self.uses.touch, used, self.clock())
+
+    @property
+    def _pruning(self) -> bool:
+        settings = self.settings
+        return (
+            settings.layer_cache_max_age_seconds is not None
+            or settings.layer_cache_max_bytes is not None
+        )
+
+    def _read_storage(self) -> layer_cache.Storage | None:
+        return layer_cache.read_storage(self.storage_root, self.settings.buildah.storage_driver)
+
     async def prune_layer_cache(self) -> list[str]:
         """Keep the host layer cache within the ``layerCacheMaxAge``/``layerCacheMaxBytes``
-        settings (``layer_cache_max_age_seconds``/``layer_cache_max_bytes``): images older
-        than the age go first, then the oldest removable ones until the storage is under
-        the size. Runs only while no build is running. Returns the removed image ids."""
+        settings (``layer_cache_max_age_seconds``/``layer_cache_max_bytes``): images no
+        build used for longer than the age go first, then the least recently used ones
+        until the storage is under the size. Images running builds use are left alone:
+        the ones their output named so far (and their layer chains), and the ones made
+        since the oldest of them started; an image a build's container is made from cannot
+        be removed anyway. Returns the removed image ids."""
         max_age = self.settings.layer_cache_max_age_seconds
         max_bytes = self.settings.layer_cache_max_bytes
         if max_age is None and max_bytes is None:
             return []
         removed: list[str] = []
         async with self._sweep_lock:
-            if self._active:
+            storage = await asyncio.to_thread(self._read_storage)
+            if storage is None:
+                log.warning("layer cache: cannot read the metadata of %s", self.storage_root)
                 return removed
-            images = sorted(await self._images(), key=lambda image: image[1])
-            now = time.time()
+            protected = self._in_use(storage)
+            last_use = await asyncio.to_thread(self.uses.last_use, storage)
+            # Least recently used first.
+            candidates = sorted(
+                (moment, image_id)
+                for image_id, moment in last_use.items()
+                if image_id not in protected
+            )
+            now = self.clock()
             if max_age is not None:
-                # Newest first: a layer's children are newer and must go before it.
-                for image_id, created in reversed(images):
-                    if now - created > float(max_age) and await self._remove_image(image_id):
+                for moment, image_id in candidates:
+                    if now - moment > float(max_age) and await self._remove_image(image_id):
                         removed.append(image_id)
             if max_bytes is not None:
-                for image_id, _ in images:
-                    if await asyncio.to_thread(_tree_size, self.storage_root) <= int(max_bytes):
+                driver = self.settings.buildah.storage_driver
+                usage = await asyncio.to_thread(layer_cache.Usage, self.storage_root, driver)
+                total = await asyncio.to_thread(usage.refresh)
+                for _, image_id in candidates:
+                    if total <= int(max_bytes):
                         break
-                    if image_id not in removed and await self._remove_image(image_id):
-                        removed.append(image_id)
+                    if image_id in removed or not await self._remove_image(image_id):
+                        continue
+                    removed.append(image_id)
+                    if usage.per_layer:
+                        total = await asyncio.to_thread(usage.refresh)
+                    else:  # a driver without a directory per layer: measure again
+                        usage = await asyncio.to_thread(
+                            layer_cache.Usage, self.storage_root, driver
+                        )
+                        total = usage.total
+            if removed:
+                await asyncio.to_thread(self.uses.forget_except, set(storage.images) - set(removed))
         if removed:
             log.info("layer cache: removed %d images", len(removed))
         return removed
 
-    async def _images(self) -> list[tuple[str, float]]:
-        argv = [str(a) for a in buildah.buildah_globals(self._storage_context())]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "images", "--all", "--json",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
-            log.warning("buildah images failed: %s", err.decode(errors="replace").strip())
-            return []
-        try:
-            listed = json.loads(out or b"[]") or []
-            return [(str(i["id"]), float(i.get("created", 0))) for i in listed]
-        except (ValueError, KeyError, TypeError):
-            log.warning("buildah images: unexpected output")
-            return []
+    def _in_use(self, storage: layer_cache.Storage) -> set[str]:
+        """Images running builds use (see prune_layer_cache)."""
+        if not self._active:
+            return set()
+        seen: set[str] = set()
+        for active in self._active.values():
+            if active.seen is not None:
+                seen |= active.seen.ids
+        # Made since the oldest running build started (storage times are the real clock).
+        since = time.time() - max(self.clock() - a.started for a in self._active.values())
+        recent = {i for i, image in storage.images.items() if image.arrived >= since}
+        return storage.chain(storage.resolve(seen) | recent)
 
     async def _remove_image(self, image_id: str) -> bool:
         argv = [str(a) for a in buildah.buildah_globals(self._storage_context())]
@@ -520,22 +588,6 @@ def _write_secret(workspace: Path, filename: str, content: str, *, shared: bool 
     if shared:
         path.parent.chmod(0o755)
     return f"{SECRETS_DIR}/{filename}"
-
-
-def _tree_size(root: Path) -> int:
-    """Bytes used by the files under ``root`` (hard links counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def _fresh_directory(path: Path) -> None:
