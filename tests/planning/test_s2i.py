@@ -1,12 +1,17 @@
-"""S2I Dockerfile generation and the Source-strategy/postCommit plan (pure)."""
+"""S2I Dockerfile generation and the Source-strategy/postCommit plan (pure), the shipped S2I
+example included."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.planning.test_buildah import make_build
+from triggerd.model import buildconfigs, requests
 from triggerd.model.builds import Reason, StageName
 from triggerd.planning import buildah, s2i
 from triggerd.planning.plan import Captured, GenerateS2IDockerfile, OutputName, Plan, RunInImage
@@ -258,3 +263,34 @@ def test_render_post_commit(
     assert hooks[0].action.image == Captured(output=OutputName.IMAGE_ID)
     assert plan.stages[-2:] == (StageName.POST_COMMIT, StageName.PUSH_IMAGE)
     assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_the_shipped_s2i_example_plans() -> None:
+    """config/examples/s2i.yaml (the README's S2I example) loads, validates and becomes
+    the plan its comments describe."""
+    path = Path(__file__).parents[2] / "config" / "examples" / "s2i.yaml"
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    config = buildconfigs.parse(doc)
+    build = requests.instantiate(
+        config, requests.BuildRequest(), number=1, uid="u", created=datetime.now(UTC)
+    )
+    ctx = buildah.PlanContext(secret_dirs={"pip-credentials": "secrets/mounts/pip-credentials"})
+    plan = buildah.render(build, ctx)
+    action = next(s.action for s in plan.steps if isinstance(s.action, GenerateS2IDockerfile))
+    assert action.builder_image == "registry.access.redhat.com/ubi9/python-311:latest"
+    assert action.incremental and action.previous_image == "127.0.0.1:5000/demo/python-app:latest"
+    assert ("DISABLE_COLLECTSTATIC", "1") in action.env
+    assert ("io.k8s.display-name", "Python app") in action.labels
+    assert [(i.source, i.destination_dir, i.remove) for i in action.injections] == [
+        ("secrets/mounts/pip-credentials", "pip", True)
+    ]
+    assert plan.stages == (
+        StageName.FETCH_INPUTS, StageName.PULL_IMAGES, StageName.BUILD,
+        StageName.POST_COMMIT, StageName.PUSH_IMAGE,
+    )  # fmt: skip
+    hook = next(s.action for s in plan.steps if s.stage is StageName.POST_COMMIT)
+    assert isinstance(hook, RunInImage) and "python manage.py check" in hook.argv
+    assert Plan.from_dict(plan.to_dict()) == plan
+    # Without the secret in the server settings the build cannot be planned.
+    with pytest.raises(buildah.Unplannable, match='secret "pip-credentials" was not provided'):
+        buildah.render(build, buildah.PlanContext())
