@@ -374,14 +374,9 @@ class PlanRun:
         text = path.read_bytes().decode("utf-8")
         workspace = str(self.workspace)
         labels = [(k, resolve(v, workspace, self._outputs)) for k, v in action.labels]
-        build_env = [(k, resolve(v, workspace, self._outputs)) for k, v in action.build_env]
         try:
             edited = dockerfile.edit(
-                text,
-                from_image=action.from_image,
-                env=action.env,
-                labels=labels,
-                appended_env=build_env,
+                text, from_image=action.from_image, env=action.env, labels=labels
             )
         except dockerfile.DockerfileError as e:
             raise StepError(f"{action.path}: {e}") from e

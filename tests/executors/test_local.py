@@ -97,10 +97,12 @@ async def test_build_push_and_warm_rebuild(
 
     # What the user sees.
     assert f"--> FetchInputs: git -C source fetch --depth=1 --no-tags -- {repo.git_url} main" in log
-    # The Dockerfile's three steps, then OpenShift's build ENV and the labels.
-    assert f"STEP 1/5: FROM {env.base_image}" in log
-    assert "STEP 3/5: RUN sleep" in log
-    assert "STEP 4/5: ENV OPENSHIFT_BUILD_NAME=" in log
+    # The Dockerfile's three steps and the labels; OpenShift's build ENV is set in the
+    # image config without a step of its own (buildah --env).
+    assert f"STEP 1/4: FROM {env.base_image}" in log
+    assert "STEP 3/4: RUN sleep" in log
+    assert "--env OPENSHIFT_BUILD_NAME=hello-1" in log
+    assert "OPENSHIFT_BUILD_NAME=hello-1" in image_config(env, "executor/hello", "v1")["Env"]
     assert f"--> Pushed {image}@{outcome.digest}" in log
     labels = image_config(env, "executor/hello", "v1")["Labels"]
     assert isinstance(labels, dict)
@@ -120,6 +122,9 @@ async def test_build_push_and_warm_rebuild(
     assert isinstance(again, Succeeded), log2
     assert log2.count("--> Using cache") == 2, log2
     assert warm < cold - SLOW_STEP_SECONDS * 0.8, (cold, warm)
+    # Its own build metadata, not the cached image's (the label step is never a cache hit).
+    environment = image_config(env, "executor/hello", "v1")["Env"]
+    assert "OPENSHIFT_BUILD_NAME=hello-2" in environment, environment
     with capsys.disabled():
         print(f"\n[timings] cold build+push {cold:.2f}s, warm rebuild+push {warm:.2f}s")
 

@@ -60,10 +60,15 @@ def check(context: str = "source", dockerfile: str = "source/Dockerfile") -> str
 
 
 def edit(dockerfile: str = "source/Dockerfile", what: str = "add 10 labels") -> str:
-    # OpenShift's build metadata ENV is appended to every Docker build, before the labels.
-    head, sep, labels = what.rpartition("add ")
-    what = f"{head}add the OPENSHIFT_BUILD_* ENV; {sep}{labels}"
     return f"Build/DockerBuildFailed: {dockerfile} -> Dockerfile: {what}"
+
+
+#: OpenShift's build metadata, set in the image config (buildah --env) of every Docker build.
+GIT_ENV = (
+    " --env OPENSHIFT_BUILD_NAME=app-7 --env OPENSHIFT_BUILD_NAMESPACE=team"
+    f" --env OPENSHIFT_BUILD_SOURCE={URI} --env OPENSHIFT_BUILD_REFERENCE=main"
+    f" --env OPENSHIFT_BUILD_COMMIT={SHA}"
+)
 
 
 def build_cmd(
@@ -74,12 +79,13 @@ def build_cmd(
     build_args: str = "",
     tag: str = IMAGE,
     context: str = "/ws/source",
+    image_env: str = GIT_ENV,
 ) -> list[str]:
     tag_flag = f" --tag {tag}" if tag else ""
     return [
         f"Build/DockerBuildFailed: {GLOBALS} build --isolation chroot --format docker "
         f"{cache} --force-rm --pull={pull}{flags} --file /ws/Dockerfile "
-        f"--iidfile /ws/outputs/image-id{build_args}{tag_flag} {context}",
+        f"--iidfile /ws/outputs/image-id{image_env}{build_args}{tag_flag} {context}",
         "Build/DockerBuildFailed: read image.id from outputs/image-id",
     ]
 
@@ -168,7 +174,8 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
         "no ref builds the remote HEAD",
         spec(**{"source.git.ref": None}),
         CTX,
-        [*SETUP, *git_steps("HEAD"), check(), edit(what="add 9 labels"), *build_cmd(),
+        [*SETUP, *git_steps("HEAD"), check(), edit(what="add 9 labels"),
+         *build_cmd(image_env=GIT_ENV.replace(" --env OPENSHIFT_BUILD_REFERENCE=main", "")),
          *push_steps()],
     ),
     (
@@ -181,7 +188,9 @@ CASES: list[tuple[str, dict[str, Any], buildah.PlanContext, list[str]]] = [
             "FetchInputs/FetchSourceFailed: write source/Dockerfile",
             check(),
             edit(what="add 2 labels"),
-            *build_cmd(),
+            *build_cmd(
+                image_env=" --env OPENSHIFT_BUILD_NAME=app-7 --env OPENSHIFT_BUILD_NAMESPACE=team"
+            ),
             *push_steps(),
         ],
     ),

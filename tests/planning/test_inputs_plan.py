@@ -19,6 +19,7 @@ from triggerd.planning.plan import (
     CopyInto,
     ExtractArchive,
     InWorkspace,
+    OutputName,
     Plan,
     RunInImage,
     resolve,
@@ -168,14 +169,15 @@ def test_images_secrets_config_maps_volumes_and_cache() -> None:
     from_image = [s.action for s in plan.steps if isinstance(s.action, CopyFromImage)]
     assert from_image[0].paths == (("/opt/lib/.", "source/lib"),)
     command = build_command(plan)
-    argv = [resolve(a, "/ws", {}) for a in command.argv]
+    outputs = {OutputName.COMMIT: "c" * 40}
+    argv = [resolve(a, "/ws", outputs) for a in command.argv]
     assert "/ws/secrets/mounts/s:/run/v:ro" in argv
     assert argv[-5:] == [
         "--cache-from", "cache.example.com/team/app",
         "--cache-to", "cache.example.com/team/app", "/ws/source",
     ]  # fmt: skip
     # Without the cache flags when the cache push fails.
-    fallback = [resolve(a, "/ws", {}) for a in command.fallback]
+    fallback = [resolve(a, "/ws", outputs) for a in command.fallback]
     assert "--cache-to" not in fallback and fallback[-1] == "/ws/source"
     assert command.fallback_marker == buildah.CACHE_PUSH_FAILED
     roundtrip(plan)

@@ -170,6 +170,11 @@ def render(build: Build, ctx: PlanContext) -> Plan:
             force_pull=docker.force_pull,
             build_args=tuple((a.name, a.value) for a in docker.build_args),
             single_layer=docker.image_optimization_policy is not ImageOptimizationPolicy.NONE,
+            # OpenShift appends them as ENV to the end of the Dockerfile: the image has them,
+            # no RUN step sees them. buildah's --env does exactly that at the final commit,
+            # without a build step of its own (an ENV step would be one more uncached step
+            # per build, and one more layer-cache push).
+            image_env=build_environment(build),
         )
     build_failed = Reason.DOCKER_BUILD_FAILED
     try:
@@ -366,7 +371,6 @@ def render(build: Build, ctx: PlanContext) -> Plan:
                 from_image=from_image,
                 env=env,
                 labels=tuple(image_labels.items()),
-                build_env=build_environment(build),
             ),
         )
     if ctx.cache_repository and ctx.cache_auth_file and options.uses_cache:
@@ -560,6 +564,8 @@ class _BuildOptions:
     build_args: tuple[tuple[str, str], ...] = ()
     #: (workspace or absolute dir, container path), read-only
     volumes: tuple[tuple[str, str], ...] = ()
+    #: set in the image config only (buildah --env): OpenShift's build metadata
+    image_env: tuple[tuple[str, Arg], ...] = ()
     #: imageOptimizationPolicy SkipLayers(AndWarn): buildah without --layers commits once,
     #: so the image is the base's layers plus one (buildah's --squash would also fold the
     #: base's layers in, measured with buildah 1.28); no layer cache for such builds.
@@ -750,6 +756,15 @@ def _build(ctx: PlanContext, options: _BuildOptions, *, context_dir: str, image:
     argv += ["--file", InWorkspace(path=EDITED_DOCKERFILE)]
     # The exact image built, for the post-commit hook (a tag could move meanwhile).
     argv += ["--iidfile", InWorkspace(path=IMAGE_ID_FILE)]
+    for name, value in options.image_env:
+        # Safe from the layer cache: the last step (the LABEL naming the build) is never a
+        # cache hit for a new build, and buildah applies --env when it commits it.
+        argv += [
+            "--env",
+            dataclasses.replace(value, prefix=f"{name}=")
+            if isinstance(value, Captured)
+            else f"{name}={value}",
+        ]
     for name, value in options.build_args:
         argv += ["--build-arg", f"{name}={value}"]
     for directory, destination in options.volumes:

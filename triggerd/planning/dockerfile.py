@@ -3,11 +3,9 @@
 OpenShift edits a build's Dockerfile, and so does triggerd: the last ``FROM`` is replaced by
 ``spec.strategy.dockerStrategy.from`` when that is set; the strategy's ``env`` is inserted
 as an ``ENV`` line right after every ``FROM`` so ``RUN`` steps see it (buildah's ``--env``
-only sets the final image's config, which is not what OpenShift does); OpenShift's build
-metadata (``OPENSHIFT_BUILD_NAME`` ...) is appended as one ``ENV`` line, as OpenShift
-appends it; the image labels are appended as one ``LABEL`` line (buildah turns each
-``--label`` flag into a build step of its own, and with the vfs driver every step copies
-the whole root filesystem). The planner
+only sets the final image's config, which is not what OpenShift does); the image labels are
+appended as one ``LABEL`` line (buildah turns each ``--label`` flag into a build step of its
+own, and with the vfs driver every step copies the whole root filesystem). The planner
 decides *what* to change; the runner applies these functions to the checked-out file.
 Everything else in the file (comments, blank lines, continuations, heredocs, line endings)
 is kept byte for byte.
@@ -164,11 +162,9 @@ def edit(
     from_image: str | None = None,
     env: Sequence[tuple[str, str]] = (),
     labels: Sequence[tuple[str, str]] = (),
-    appended_env: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Apply the edits at once: replace the last FROM's image, add ENV after each FROM,
-    append ``appended_env`` as one ENV line (OpenShift's build metadata, which it appends
-    to the end of the Dockerfile) and the labels."""
+    """Apply the edits at once: replace the last FROM's image, add ENV after each FROM and
+    append the labels."""
     parsed = parse(text)
     from_indexes = [n for n, ins in enumerate(parsed.instructions) if ins.keyword == "FROM"]
     if not from_indexes:
@@ -195,10 +191,6 @@ def edit(
             out.append(env_line + (eol or "\n"))
         cursor = ins.end
     out.extend(parsed.lines[cursor:])
-    if appended_env:
-        if out and not _eol(out[-1]):
-            out.append("\n")
-        out.append(format_env(appended_env, parsed.escape) + "\n")
     if labels:
         if out and not _eol(out[-1]):
             out.append("\n")

@@ -224,8 +224,6 @@ class EditDockerfile:
     from_image: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, Arg], ...] = ()
-    #: OpenShift's build metadata (OPENSHIFT_BUILD_*): one ENV line at the end
-    build_env: tuple[tuple[str, Arg], ...] = ()
 
     def describe(self, outputs: Mapping[OutputName, str]) -> str:
         parts = []
@@ -233,8 +231,6 @@ class EditDockerfile:
             parts.append(f"replace the last FROM with {self.from_image}")
         if self.env:
             parts.append("add ENV " + " ".join(name for name, _ in self.env) + " after FROM")
-        if self.build_env:
-            parts.append("add the OPENSHIFT_BUILD_* ENV")
         if self.labels:
             parts.append(f"add {len(self.labels)} labels")
         return f"{self.path} -> {self.output}: " + "; ".join(parts)
@@ -560,8 +556,6 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             "env": [list(e) for e in a.env],
             "labels": [[k, _arg_to_json(v)] for k, v in a.labels],
         }
-        if a.build_env:
-            action["buildEnv"] = _pairs_to_json(a.build_env)
         if a.from_image is not None:
             action["from"] = a.from_image
     elif isinstance(a, CheckInside):
@@ -656,7 +650,6 @@ def _step_from_dict(doc: Mapping[str, Any]) -> Step:
             from_image=str(from_image) if from_image is not None else None,
             env=tuple((str(k), str(v)) for k, v in a.get("env") or []),
             labels=tuple((str(k), _arg_from_json(v)) for k, v in a.get("labels") or []),
-            build_env=_pairs_from_json(a.get("buildEnv")),
         )
     elif kind == "checkInside":
         action = CheckInside(root=str(a["root"]), paths=tuple(str(p) for p in a["paths"]))
