@@ -102,7 +102,8 @@ async def test_build_push_and_warm_rebuild(
     assert f"STEP 1/4: FROM {env.base_image}" in log
     assert "STEP 3/4: RUN sleep" in log
     assert "--env OPENSHIFT_BUILD_NAME=hello-1" in log
-    assert "OPENSHIFT_BUILD_NAME=hello-1" in image_config(env, "executor/hello", "v1")["Env"]
+    environment = image_config(env, "executor/hello", "v1")["Env"]
+    assert isinstance(environment, list) and "OPENSHIFT_BUILD_NAME=hello-1" in environment
     assert f"--> Pushed {image}@{outcome.digest}" in log
     labels = image_config(env, "executor/hello", "v1")["Labels"]
     assert isinstance(labels, dict)
@@ -124,7 +125,7 @@ async def test_build_push_and_warm_rebuild(
     assert warm < cold - SLOW_STEP_SECONDS * 0.8, (cold, warm)
     # Its own build metadata, not the cached image's (the label step is never a cache hit).
     environment = image_config(env, "executor/hello", "v1")["Env"]
-    assert "OPENSHIFT_BUILD_NAME=hello-2" in environment, environment
+    assert isinstance(environment, list) and "OPENSHIFT_BUILD_NAME=hello-2" in environment
     with capsys.disabled():
         print(f"\n[timings] cold build+push {cold:.2f}s, warm rebuild+push {warm:.2f}s")
 
