@@ -528,8 +528,9 @@ class PlanRun:
                             body = await response.content.read(1)
                             status = response.status
                     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                        self._line(f"    {name}: {redact(url)} could not be fetched ({e!r})")
-                        continue
+                        # Unreachable: asking for the other scripts there would only wait.
+                        self._line(f"    {redact(base)}: could not be fetched ({e!r})")
+                        break
                     if status == 200 and body:
                         names.add(name)
                     else:

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.executors.conftest import ExecutorEnv, RecordingReporter, make_build, processes
 from tests.support.gitrepo import GitRepoFactory
+from tests.support.ports import free_port
 from triggerd import runner
 from triggerd.executors.base import Cancelled, Failed, Succeeded
 from triggerd.model.builds import Reason, StageName
@@ -381,3 +383,34 @@ async def test_copy_into_from_a_mounted_volume(tmp_path: Path) -> None:
     assert (creds / ".npmrc").read_text() == "token"
     assert not (creds / ".npmrc").is_symlink()
     assert (creds / ".npmrc").stat().st_mode & 0o777 == 0o644  # as the host's copies
+
+
+async def test_script_locations_are_asked_script_by_script(tmp_path: Path) -> None:
+    """S2I scripts over http(s): each script is asked for, a 404 means absent; a location
+    that cannot be reached is given up at once (not once per script)."""
+    served = {"assemble": b"#!/bin/sh\n", "run": b""}  # an empty body counts as absent
+
+    async def serve(request: web.Request) -> web.Response:
+        body = served.get(request.match_info["name"])
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/s2i/{name}", serve)
+    site_runner = web.AppRunner(app)
+    await site_runner.setup()
+    port, closed = free_port(), free_port()
+    await web.TCPSite(site_runner, "127.0.0.1", port).start()
+    lines: list[bytes] = []
+    try:
+        run = runner.PlanRun(Plan(steps=()), tmp_path, emit=lines.append)
+        up, down = f"http://127.0.0.1:{port}/s2i", f"http://127.0.0.1:{closed}/s2i"
+        found = await run._probe_scripts((up, down))
+    finally:
+        await site_runner.cleanup()
+    assert found == {up: frozenset({"assemble"}), down: frozenset()}
+    log = b"".join(lines).decode()
+    assert f"save-artifacts: not at {up}/save-artifacts (HTTP 404)" in log
+    assert f"run: not at {up}/run (HTTP 200)" in log
+    assert log.count(f"{down}: could not be fetched") == 1
