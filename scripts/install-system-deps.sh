@@ -21,6 +21,8 @@
 #   wrk              HTTP load generator for the benchmarks.
 #   webhook          adnanh/webhook, the demo receiver of build notifications.
 #   ca-certificates  TLS trust store for registries and git over https.
+#   openssh-server   sshd on 127.0.0.1 for the test of git over SSH with a sourceSecret key
+#                    (openssh-client, which git uses for ssh://, comes with it).
 set -euo pipefail
 
 PACKAGES=(
@@ -33,6 +35,7 @@ PACKAGES=(
     wrk
     webhook
     ca-certificates
+    openssh-server
 )
 
 # Each entry: "package:path that proves it is installed".
@@ -46,6 +49,8 @@ CHECKS=(
     "wrk:/usr/bin/wrk"
     "webhook:/usr/bin/webhook"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
+    "openssh-server:/usr/sbin/sshd"
+    "openssh-server:/usr/bin/ssh"
 )
 
 missing=()
