@@ -19,7 +19,7 @@
 #   busybox-static   a static /bin/busybox: the tests' base images are built FROM scratch
 #                    with it because there is no Docker Hub to pull from.
 #   wrk              HTTP load generator for the benchmarks.
-#   webhook          adnanh/webhook, the demo receiver of build notifications.
+#   webhook          adnanh/webhook, baseline (b) of bench/intake_bench.py.
 #   ca-certificates  TLS trust store for registries and git over https.
 #   openssh-server   sshd on 127.0.0.1 for the test of git over SSH with a sourceSecret key
 #                    (openssh-client, which git uses for ssh://, comes with it).
