@@ -369,6 +369,10 @@ async def test_rest_api_refuses_cycles_and_shows_trigger_status(wired: Factory) 
         assert entry["from"] == {"name": w.ref("base")}
         assert entry["lastTriggeredImageID"] == w.pinned("base", digest)
         assert entry["lastTriggerTime"].endswith("Z")
+        # The list shows the same status as GET of one config.
+        r = await client.get(api, headers=auth)
+        listed = {i["metadata"]["name"]: i for i in (await r.json())["items"]}
+        assert listed["app"]["status"]["imageChangeTriggers"] == [entry]
         r = await client.get(f"{api}/a", headers=auth)
         (entry,) = (await r.json())["status"]["imageChangeTriggers"]
         assert entry == {"from": {"name": "b:latest", "namespace": "default"}}

@@ -223,7 +223,9 @@ async def list_buildconfigs(request: web.Request) -> web.Response:
     token = _encode_name_token(page[-1].name) if limit and len(chosen) > limit else None
     return _list_response(
         "BuildConfigList",
-        (c.to_dict() for c in page),
+        # As GET of one config: the list shows status.imageChangeTriggers too (one read of
+        # the config's builds for each listed config that has ImageChange triggers).
+        [await _with_image_status(request, c) for c in page],
         group_of(request),
         _newest_version(c.meta.resource_version for c in configs),
         token,
