@@ -217,3 +217,12 @@ def test_any_header_value_is_refused_cleanly_and_never_echoes_the_secret(
         verify_github(BODY, value, secret)
     except BadSignature as exc:
         assert secret not in str(exc)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2046, 2047, 2048, 4094, 4095, 7700, 300 * 1024])
+def test_sliced_hashing_equals_hashing_the_body_at_once(size: int) -> None:
+    """Bodies are hashed in slices (keeping the GIL); the digest must not change."""
+    body = bytes(i % 251 for i in range(size))
+    expected = "sha256=" + hmac.new(b"s3cr3t", body, hashlib.sha256).hexdigest()
+    assert sign_github(body, "s3cr3t") == expected
+    verify_github(body, expected, "s3cr3t")
