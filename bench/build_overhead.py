@@ -1,9 +1,10 @@
 """Build overhead: a build through triggerd against the same buildah commands run directly.
 
-Run: ``python bench/build_overhead.py [--runs 3] [--sleep 2]``. Starts, on 127.0.0.1, a
-real registry, a git daemon with a small repository (a busybox base, a RUN step that sleeps
-``--sleep`` seconds, a COPY) and a real ``triggerd serve``. Each run measures, from empty
-buildah storage:
+Run: ``python bench/build_overhead.py [--runs 3] [--sleep 2] [--example]``. Starts, on
+127.0.0.1, a real registry, a git daemon with a small repository (a busybox base, a RUN step
+that sleeps ``--sleep`` seconds, a COPY; or, with ``--example``, the files of examples/hello
+with the build args of config/buildconfigs/hello.yaml: the build `make run` demonstrates) and
+a real ``triggerd serve``. Each run measures, from empty buildah storage:
 
 - triggerd cold: POST instantiate → the log follow ends (the build is final), and the
   Build's own status.duration;
@@ -30,10 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml
+
 from tests.e2e.server import API, TOKEN, TriggerdServer, elapsed
 from tests.support.buildah import BuildahEnv, publish_busybox_base
 from tests.support.gitrepo import GitDaemon, GitRepoFactory
 from tests.support.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "hello"
+DEMO_CONFIG = ROOT / "config" / "buildconfigs" / "hello.yaml"
 
 
 def follow(server: TriggerdServer, name: str) -> None:
@@ -54,7 +61,26 @@ def through_triggerd(server: TriggerdServer) -> tuple[float, float]:
     return wall, elapsed(build)
 
 
-def direct(env: BuildahEnv, url: str, commit: str, image: str, work: Path) -> tuple[float, float]:
+def example_files(base: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """examples/hello, FROM the bench's base image, and the demo BuildConfig's build args."""
+    files = {p.name: p.read_text() for p in EXAMPLE.iterdir() if p.is_file()}
+    lines = files["Dockerfile"].splitlines()
+    files["Dockerfile"] = "\n".join(
+        f"FROM {base}" if line.startswith("FROM ") else line for line in lines
+    )
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    args = config["spec"]["strategy"]["dockerStrategy"].get("buildArgs", [])
+    return files, [(a["name"], a["value"]) for a in args]
+
+
+def direct(
+    env: BuildahEnv,
+    url: str,
+    commit: str,
+    image: str,
+    work: Path,
+    build_args: list[tuple[str, str]],
+) -> tuple[float, float]:
     """(fetch + build + push seconds, build + push seconds) with triggerd's buildah flags."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -76,6 +102,7 @@ def direct(env: BuildahEnv, url: str, commit: str, image: str, work: Path) -> tu
         "--force-rm",
         "--pull=missing",
         "--tls-verify=false",
+        *(f"--build-arg={name}={value}" for name, value in build_args),
         "--file",
         str(work / "src" / "Dockerfile"),
         "--tag",
@@ -100,8 +127,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sleep", type=int, default=2, help="seconds the RUN step sleeps")
+    parser.add_argument(
+        "--example", action="store_true", help="build examples/hello, as make run does"
+    )
     args = parser.parse_args()
-    print(f"cores: {os.cpu_count()}, runs: {args.runs}, RUN step sleeps {args.sleep}s")
+    what = "examples/hello" if args.example else f"a RUN step sleeping {args.sleep}s"
+    print(f"cores: {os.cpu_count()}, runs: {args.runs}, building {what}")
     tmp = Path(tempfile.mkdtemp(prefix="triggerd-bench-"))
     registry = Registry(tmp / "registry").start()
     daemon = GitDaemon(tmp / "git").start()
@@ -109,14 +140,15 @@ def main() -> None:
     try:
         base_env = BuildahEnv(tmp / "base-buildah")
         base = publish_busybox_base(base_env, registry)
-        repo = GitRepoFactory(tmp / "git", daemon)(
-            "bench",
-            {
-                "Dockerfile": f"FROM {base}\nRUN sleep {args.sleep} && echo slow > /slow\n"
-                'COPY app.txt /app.txt\nCMD ["cat", "/app.txt"]\n',
-                "app.txt": "bench\n",
-            },
-        )
+        files: dict[str, str] = {
+            "Dockerfile": f"FROM {base}\nRUN sleep {args.sleep} && echo slow > /slow\n"
+            'COPY app.txt /app.txt\nCMD ["cat", "/app.txt"]\n',
+            "app.txt": "bench\n",
+        }
+        build_args: list[tuple[str, str]] = []
+        if args.example:
+            files, build_args = example_files(base)
+        repo = GitRepoFactory(tmp / "git", daemon)("bench", files)
         commit = repo.rev_parse("main")
         storage = tmp / "triggerd-storage"
         server = TriggerdServer(
@@ -133,7 +165,11 @@ def main() -> None:
                 "metadata": {"name": "bench"},
                 "spec": {
                     "source": {"git": {"uri": repo.git_url, "ref": "main"}},
-                    "strategy": {"dockerStrategy": {}},
+                    "strategy": {
+                        "dockerStrategy": {
+                            "buildArgs": [{"name": k, "value": v} for k, v in build_args]
+                        }
+                    },
                     "output": {
                         "to": {"kind": "DockerImage", "name": registry.ref("bench/triggerd")}
                     },
@@ -164,7 +200,12 @@ def main() -> None:
             env.allow_insecure(registry.host)
             for kind in ("cold", "warm"):
                 total, build_push = direct(
-                    env, repo.git_url, commit, registry.ref("bench/direct"), tmp / "direct-work"
+                    env,
+                    repo.git_url,
+                    commit,
+                    registry.ref("bench/direct"),
+                    tmp / "direct-work",
+                    build_args,
                 )
                 rows[f"direct {kind} fetch+build+push"].append(total)
                 rows[f"direct {kind} build+push"].append(build_push)
