@@ -312,7 +312,7 @@ class Engine:
             return
         if changed:
             await self._accept_config(config)
-        if event.type == "ADDED":
+        if before is None:  # new, or accepted for the first time (fixed after kubectl apply)
             await self._first_build(config)
 
     async def _sweep_configs(self) -> None:

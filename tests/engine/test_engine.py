@@ -16,6 +16,7 @@ import yaml
 from tests.factories import buildconfig_doc
 from tests.fakes import FakeExecutor
 from tests.support.processes import async_wait_for
+from triggerd import metrics
 from triggerd.engine import Engine, StartRequest
 from triggerd.errors import Invalid
 from triggerd.inputs import BinaryInputs
@@ -256,3 +257,50 @@ async def test_housekeeping_forgets_old_deliveries_and_removes_unused_uploads(
         assert after.builds[0].number > made.builds[0].number
     finally:
         await engine.stop()
+
+
+def cancelled_count() -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "triggerd_builds_total",
+        {"phase": "Cancelled", "reason": "CancelledBuild", "strategy": "Docker"},
+    )
+    return value or 0.0
+
+
+async def test_cancelling_queued_builds_counts_them_and_applies_history_limits(
+    make_engine: EngineFactory,
+) -> None:
+    """Queued builds never reach an executor: their cancel (by hand, or a SerialLatestOnly
+    supersede) is where they end, so it is where they are counted and the config's failed
+    history (Failed, Error, Cancelled) is trimmed."""
+    engine, executor = await make_engine(max_concurrent_builds=1)
+    await engine.create_buildconfig(
+        buildconfig_doc("q", run_policy="SerialLatestOnly", failedBuildsHistoryLimit=1)
+    )
+    await engine.instantiate(NS, "q", BuildRequest())
+    await executor.wait_started(NS, "q-1")
+    before = cancelled_count()
+    await engine.instantiate(NS, "q", BuildRequest())  # q-2 waits
+    await engine.cancel_build(NS, "q-2")
+    assert cancelled_count() == before + 1
+    await engine.instantiate(NS, "q", BuildRequest())  # q-3 waits
+    await engine.instantiate(NS, "q", BuildRequest())  # supersedes q-3
+    await wait_phase(engine, "q-3", Phase.CANCELLED)
+    assert cancelled_count() == before + 2
+    # failedBuildsHistoryLimit 1: only the newest cancelled build is kept
+    assert await names(engine, "q") == ["q-1", "q-3", "q-4"]
+
+
+async def test_recovery_run_again_leaves_followed_builds_alone(
+    make_engine: EngineFactory,
+) -> None:
+    """A leader whose start failed half-way recovers again: builds it already follows are
+    not handed to the executor a second time."""
+    engine, executor = await make_engine()
+    await engine.create_buildconfig(buildconfig_doc("r"))
+    await engine.instantiate(NS, "r", BuildRequest())
+    await executor.wait_started(NS, "r-1")
+    await engine.recover()  # the fake executor would call a second run a crash (Error)
+    assert await phase(engine, "r-1") is Phase.RUNNING
+    executor.finish(NS, "r-1")
+    await wait_phase(engine, "r-1", Phase.COMPLETE)

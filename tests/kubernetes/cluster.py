@@ -232,7 +232,9 @@ class Cluster:
                 if status.get("containerStatuses"):
                     status["containerStatuses"] = [_terminated("build", 137, "", "Error")]
 
-            self._update_pod(job_name, change)
+            name = self._update_pod(job_name, change)
+            for container in ("fetch", "build"):  # killed: their logs end
+                self.server.end_log(self.namespace, name, container)
 
         return [evict, lambda: self._job_failed_by_policy(job_name)]
 

@@ -192,6 +192,8 @@ class FakeApiServer:
         self.fail_next: dict[Key, int] = {}
         #: the next N GETs (of objects and lists, not watches) of these keys fail with 500
         self.fail_reads: dict[Key, int] = {}
+        #: the next N requests to these keys get their connection closed, no answer at all
+        self.abort_next: dict[Key, int] = {}
         #: streaming responses (watches, followed logs) now open
         self._streams: dict[int, web.Request] = {}
         self.app = web.Application()
@@ -378,6 +380,11 @@ class FakeApiServer:
             return status(
                 403, "Forbidden", f"{plural} is forbidden: User cannot {request.method} {plural}"
             )
+        if self.abort_next.get(key):
+            self.abort_next[key] -= 1
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never sent: the connection is gone
         if self.fail_next.get(key) and request.method != "GET":
             self.fail_next[key] -= 1
             return status(500, "InternalError", "injected failure")

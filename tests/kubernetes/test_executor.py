@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests import factories
-from tests.kubernetes.cluster import DIGEST, JOBS, Cluster, result_message
+from tests.kubernetes.cluster import DIGEST, JOBS, PODS, Cluster, result_message, run_steps
 from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.support.processes import async_wait_for
 from triggerd.executors.base import Cancelled, Executor, Failed, Outcome, Succeeded
@@ -113,6 +113,11 @@ def _evict(cluster: Cluster, job: str) -> None:
     cluster.evict(job)
 
 
+def _drain(cluster: Cluster, job: str) -> None:
+    cluster.start_build(job)
+    cluster.drain(job)
+
+
 def _docker_failed(cluster: Cluster, job: str) -> None:
     cluster.start_build(job, b"error: RUN false\n")
     cluster.finish_build(
@@ -152,13 +157,14 @@ def _runner_deadline(cluster: Cluster, job: str) -> None:
     [
         (_oom, Reason.OUT_OF_MEMORY_KILLED),
         (_evict, Reason.BUILD_POD_EVICTED),
+        (_drain, Reason.BUILD_POD_EVICTED),
         (_docker_failed, Reason.DOCKER_BUILD_FAILED),
         (_not_json, Reason.GENERIC_BUILD_FAILED),
         (_deleted, Reason.BUILD_POD_DELETED),
         (_deadline, Reason.EXCEEDED_RETRY_TIMEOUT),
         (_runner_deadline, Reason.EXCEEDED_RETRY_TIMEOUT),
     ],
-    ids=["oom", "evicted", "docker-failed", "not-json", "pod-deleted", "deadline",
+    ids=["oom", "evicted", "drained", "docker-failed", "not-json", "pod-deleted", "deadline",
          "runner-deadline"],
 )  # fmt: skip
 async def test_failures_map_to_openshift_reasons(
@@ -175,6 +181,159 @@ async def test_failures_map_to_openshift_reasons(
     assert outcome.reason is reason
     if reason is Reason.EXCEEDED_RETRY_TIMEOUT:
         assert "completionDeadlineSeconds=" in outcome.message
+    # Ended: its Job is gone, so no pod of it builds or pushes any more.
+    assert cluster.job(job_name) is None
+    assert len(cluster.pods_made) == 1
+
+
+def job_reads(apiserver: FakeApiServer, job_name: str) -> int:
+    return sum(1 for path in apiserver.calls.gets if path.endswith(f"/jobs/{job_name}"))
+
+
+@pytest.mark.parametrize(
+    ("steps", "reason"),
+    [
+        (Cluster.delete_pod_steps, Reason.BUILD_POD_DELETED),
+        (Cluster.deadline_steps, Reason.EXCEEDED_RETRY_TIMEOUT),
+        (Cluster.drain_steps, Reason.BUILD_POD_EVICTED),
+        (Cluster.evict_steps, Reason.BUILD_POD_EVICTED),
+    ],
+    ids=["pod-deleted", "deadline", "drained", "evicted"],
+)
+async def test_each_intermediate_state_maps_the_same_way(
+    executor: KubernetesExecutor,
+    cluster: Cluster,
+    apiserver: FakeApiServer,
+    steps: Callable[[Cluster, str], list[Callable[[], None]]],
+    reason: Reason,
+) -> None:
+    """As on a real cluster the build container shows 'terminated' (SIGTERM: the runner
+    says it was stopped, exit 3) before the Job says why and the pod goes: the executor
+    looks at every step before the next happens, and still reports the right reason."""
+    task, _, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name, b"STEP 1/2\n")
+
+    async def seen() -> None:
+        names = cluster.pod_names(job_name)
+        pod = apiserver.get(PODS, "triggerd", names[-1]) if names else None
+        if pod is not None and jobs.read_pod(pod, image="", deadline_seconds=1).outcome:
+            return  # the pod alone decides (an eviction): the Job is not asked
+        reads = job_reads(apiserver, job_name)
+        await async_wait_for(
+            lambda: task.done() or job_reads(apiserver, job_name) > reads,
+            timeout=10,
+            what="the executor looked at the Job",
+        )
+
+    await run_steps(steps(cluster, job_name), seen)
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.reason is reason, outcome
+    assert cluster.job(job_name) is None
+
+
+async def test_a_dropped_connection_neither_ends_the_build_nor_loses_log_lines(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer, logs: LogStore
+) -> None:
+    """The API server connection drops while the pod watch and both log streams are open:
+    the build goes on (the Job keeps running), the watch resumes, and the log has every
+    line exactly once."""
+    build = make_build()
+    task, recorder, job_name = await start(executor, build, cluster)
+    cluster.start_fetch(job_name, b"Cloning...\n")
+    await async_wait_for(
+        lambda: any(r[2] == "fetch" for r in apiserver.calls.log_requests), timeout=10,
+        what="fetch log followed",
+    )  # fmt: skip
+    assert apiserver.drop_streams() >= 1
+    cluster.log(job_name, "fetch", b"Fetched abc\n")
+    cluster.finish_fetch(job_name, message=result_message(commit=COMMIT))
+    cluster.start_build(job_name, b"STEP 1/2: FROM busybox\n")
+    await async_wait_for(lambda: "running" in recorder.events, timeout=10, what="Running")
+    await async_wait_for(
+        lambda: logs.read("triggerd", build.name).count(b"STEP 1/2") == 1, timeout=10,
+        what="build log streaming",
+    )  # fmt: skip
+    assert apiserver.drop_streams() >= 2  # the pod watch and the build log
+    cluster.log(job_name, "build", b"STEP 2/2: RUN true\n")
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    outcome = await asyncio.wait_for(task, 15)
+    assert outcome == Succeeded(digest=DIGEST, image_reference="127.0.0.1:5000/team/app:latest")
+    text = logs.read("triggerd", build.name).decode()
+    for line in ("Cloning...", "Fetched abc", "STEP 1/2: FROM busybox", "STEP 2/2: RUN true"):
+        assert text.count(line) == 1, text
+    assert text.index("Cloning") < text.index("Fetched") < text.index("STEP 1/2")
+    assert apiserver.calls.creates[JOBS] == [job_name]
+
+
+async def test_a_log_stream_ended_early_is_resumed(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer, logs: LogStore
+) -> None:
+    """A follow stream the API server ends cleanly while the container still runs (its
+    restart, a proxy's timeout) is not the end of the log."""
+    build = make_build()
+    task, _, job_name = await start(executor, build, cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name, b"one\n")
+    await async_wait_for(
+        lambda: b"one" in logs.read("triggerd", build.name), timeout=10, what="first line"
+    )
+    pod = cluster.pod_names(job_name)[-1]
+    apiserver.end_log("triggerd", pod, "build")  # the stream ends; the container runs on
+    await async_wait_for(
+        lambda: sum(1 for r in apiserver.calls.log_requests if r[2] == "build") >= 2,
+        timeout=10,
+        what="the log followed again",
+    )
+    apiserver.log_done.discard(("triggerd", pod, "build"))
+    cluster.log(job_name, "build", b"two\n")
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+    assert logs.read("triggerd", build.name).decode().count("one\ntwo\n") == 1
+
+
+async def test_a_watch_resumed_after_compaction_gets_410_and_relists(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    """The connection drops and, before the watch is resumed, the API server has compacted
+    its history: the resume is answered 410 Gone, the pods are listed again, and the
+    build is followed to its end."""
+    task, recorder, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    await async_wait_for(lambda: recorder.revisions, timeout=10, what="revision")
+    gone = apiserver.calls.gone
+    apiserver.compact()
+    apiserver.drop_streams()  # before the open watch could be told by an ERROR event
+    cluster.start_build(job_name)
+    await async_wait_for(lambda: apiserver.calls.gone > gone, timeout=10, what="410")
+    await async_wait_for(lambda: "running" in recorder.events, timeout=10, what="Running")
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    outcome = await asyncio.wait_for(task, 15)
+    assert isinstance(outcome, Succeeded) and outcome.digest == DIGEST
+
+
+async def test_same_build_name_in_two_namespaces_runs_as_two_jobs(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    """team-a/app-1 and team-b/app-1 run side by side; neither's Job is taken for a stale
+    Job of the other and deleted."""
+    a = factories.build("app", 1, Phase.PENDING, namespace="team-a")
+    b = factories.build("app", 1, Phase.PENDING, namespace="team-b")
+    b = dataclasses.replace(b, meta=dataclasses.replace(b.meta, uid="uid-b"))
+    task_a, _, job_a = await start(executor, a, cluster)
+    task_b, _, job_b = await start(executor, b, cluster)
+    assert job_a != job_b
+    for job_name in (job_a, job_b):
+        await fetch_ok(cluster, job_name)
+        cluster.start_build(job_name)
+    cluster.finish_build(job_a, message=result_message(digest=DIGEST))
+    cluster.finish_build(job_b, message=result_message(digest="sha256:" + "cd" * 32))
+    outcome_a, outcome_b = await asyncio.wait_for(asyncio.gather(task_a, task_b), 15)
+    assert isinstance(outcome_a, Succeeded) and outcome_a.digest == DIGEST
+    assert isinstance(outcome_b, Succeeded) and outcome_b.digest == "sha256:" + "cd" * 32
+    assert sorted(apiserver.calls.creates[JOBS]) == sorted([job_a, job_b])
+    assert not [d for d in apiserver.calls.deletes if d[0] == JOBS]
 
 
 async def test_fetch_failure_is_fetch_source_failed(
@@ -204,7 +363,10 @@ async def test_cancel_deletes_the_job(
     assert await executor.cancel(build.namespace, build.name)
     assert await asyncio.wait_for(task, 15) == Cancelled()
     assert cluster.job(job_name) is None
-    assert cluster.pod_names(job_name) == []  # background propagation removed the pod
+    # Background, said explicitly: the API's default for Jobs (Orphan) would leave the
+    # build pod running
+    assert (JOBS, job_name, "Background") in apiserver.calls.deletes
+    await async_wait_for(lambda: not cluster.pod_names(job_name), timeout=5, what="pod gone")
     assert not await executor.cancel(build.namespace, build.name)
 
 

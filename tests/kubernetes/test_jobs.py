@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from tests import factories
+from triggerd.executors.base import Cancelled, Failed, Succeeded
 from triggerd.model import buildconfigs, requests
 from triggerd.model.builds import Build, Reason, StageName
 from triggerd.planning import buildah, jobs
@@ -441,3 +443,243 @@ def test_source_images_pull_secrets_are_mounted_for_their_pulls() -> None:
         s.action for s in plan.steps if isinstance(s.action, Command) and "pull" in s.action.argv
     )
     assert f"{directory}/{jobs.AUTH_FILE}" in pull.argv
+
+
+# spec.resources -------------------------------------------------------------------------------
+
+
+def test_the_builds_resources_go_to_the_build_container_over_the_settings() -> None:
+    build = make_build(
+        resources={"requests": {"cpu": "2"}, "limits": {"cpu": "4", "nvidia.com/gpu": 1}}
+    )
+    job, _ = render(build, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert containers(job)["build"]["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi"},  # memory: the settings' default
+        "limits": {"memory": "4Gi", "cpu": "4", "nvidia.com/gpu": "1"},
+    }
+    # the init container keeps the settings' defaults
+    assert containers(job)["fetch"]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+
+
+def test_defaults_give_way_where_they_would_contradict_the_build() -> None:
+    """A build asking for 8Gi under a 4Gi default limit gets an 8Gi limit (the API would
+    refuse request > limit); a build limiting memory to 512Mi under a 1Gi default request
+    gets a 512Mi request."""
+    more = make_build(resources={"requests": {"memory": "8Gi"}})
+    job, _ = render(more, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert containers(job)["build"]["resources"]["limits"]["memory"] == "8Gi"
+    less = make_build(resources={"limits": {"memory": "512Mi"}})
+    job, _ = render(less, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert containers(job)["build"]["resources"]["requests"]["memory"] == "512Mi"
+    assert containers(job)["build"]["resources"]["limits"]["memory"] == "512Mi"
+
+
+def test_the_fetch_user_is_the_images_own() -> None:
+    """The image (Dockerfile) has uid 10001 only: OpenSSH refuses a uid without a passwd
+    entry ("No user exists for uid ...")."""
+    from triggerd.kube import KubernetesSettings
+
+    assert (
+        KubernetesSettings().fetch_uid
+        == 10001
+        == jobs.JobOptions(namespace="n", image="i").fetch_uid
+    )
+    job, _ = render(make_build(), options())
+    assert containers(job)["fetch"]["securityContext"]["runAsUser"] == 10001
+    assert job["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+
+
+# The registry layer cache ----------------------------------------------------------------------
+
+
+def build_argv(plan: Plan) -> tuple[Any, ...]:
+    return next(
+        s.action.argv
+        for s in plan.steps
+        if isinstance(s.action, Command) and "build" in s.action.argv[:8]
+    )
+
+
+def test_the_layer_cache_repository_comes_from_the_setting_or_the_config() -> None:
+    _, plan = render(make_build(), options(layer_cache_registry="cache.example.com/layers"))
+    argv = build_argv(plan)
+    repository = "cache.example.com/layers/triggerd/app"
+    assert argv[argv.index("--cache-from") + 1] == repository
+    assert argv[argv.index("--cache-to") + 1] == repository
+    annotations = {jobs.CACHE_ANNOTATION: "registry.example.com/team/app-cache"}
+    _, plan = render(make_build(annotations=annotations), options(layer_cache_registry="x.io"))
+    argv = build_argv(plan)
+    assert argv[argv.index("--cache-to") + 1] == "registry.example.com/team/app-cache"
+    off = make_build(annotations={jobs.CACHE_ANNOTATION: "none"})
+    _, plan = render(off, options(layer_cache_registry="cache.example.com/layers"))
+    assert "--cache-to" not in build_argv(plan)
+    _, plan = render(make_build(), options())
+    assert "--cache-to" not in build_argv(plan)
+    with pytest.raises(buildah.Unplannable, match="not a tag"):
+        render(make_build(annotations={jobs.CACHE_ANNOTATION: "r.example.com/c:v1"}), options())
+
+
+def test_the_cache_is_pushed_with_the_push_secret_not_the_pull_secret() -> None:
+    """buildah build takes one --authfile for its pulls and its --cache-to push: with a
+    pull secret that file would push the cache with pull credentials. The build pod
+    merges the two, the push secret's entry under the cache repository's key."""
+    build = make_build(**FULL_SPEC)  # a pull secret and a push secret
+    job, plan = render(build, options(layer_cache_registry="registry.example.com/cache"))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    build_plan = Plan.from_dict(json.loads(annotations[jobs.BUILD_PLAN_ANNOTATION]))
+    argv = build_argv(build_plan)
+    assert argv[argv.index("--authfile") + 1] == jobs.CACHE_AUTH_FILE
+    index = next(i for i, s in enumerate(build_plan.steps)
+                 if isinstance(s.action, Command) and s.action.argv == argv)  # fmt: skip
+    merge = build_plan.steps[index - 1].action
+    assert isinstance(merge, Command) and merge.argv[:2] == ("python", "-c")
+    assert merge.argv[3:] == (
+        f"{jobs.PUSH_SECRET_DIR}/{jobs.AUTH_FILE}",
+        f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}",
+        "registry.example.com/cache/triggerd/app",
+        jobs.CACHE_AUTH_FILE,
+    )
+    # the fallback (the same build without the cache) keeps pulling with the pull secret
+    command = build_plan.steps[index].action
+    assert isinstance(command, Command)
+    assert command.fallback[command.fallback.index("--authfile") + 1] == (
+        f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}"
+    )
+    # without a pull secret the push secret (REGISTRY_AUTH_FILE) serves both already
+    plain = make_build(output=FULL_SPEC["output"])
+    _, plan = render(plain, options(layer_cache_registry="registry.example.com/cache"))
+    assert "--authfile" not in build_argv(plan)
+    assert not any(isinstance(s.action, Command) and s.action.argv[:1] == ("python",)
+                   for s in plan.steps)  # fmt: skip
+
+
+def test_the_merge_script_gives_the_cache_repository_the_push_credentials(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    push, pull, out = tmp_path / "push.json", tmp_path / "pull.json", tmp_path / "out.json"
+    push.write_text(json.dumps({"auths": {
+        "https://registry.example.com/v1/": {"auth": "cHVzaA=="},
+        "other.example.com": {"auth": "b3RoZXI="},
+    }}))  # fmt: skip
+    pull.write_text(json.dumps({"auths": {
+        "registry.example.com": {"auth": "cHVsbA=="},
+        "docker.io": {"auth": "aHVi"},
+    }}))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", jobs.MERGE_AUTH_SCRIPT, str(push), str(pull),
+         "registry.example.com/cache/app", str(out)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == {"auths": {
+        "registry.example.com": {"auth": "cHVsbA=="},
+        "docker.io": {"auth": "aHVi"},
+        "registry.example.com/cache/app": {"auth": "cHVzaA=="},
+    }}  # fmt: skip
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+# Reading pods and Jobs --------------------------------------------------------------------------
+
+
+def pod_with(*, build: dict[str, Any] | None = None, fetch: dict[str, Any] | None = None,
+             deleting: bool = False, **status: Any) -> dict[str, Any]:  # fmt: skip
+    doc: dict[str, Any] = {"metadata": {"name": "p"}, "status": dict(status)}
+    if deleting:
+        doc["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    if build is not None:
+        doc["status"]["containerStatuses"] = [{"name": "build", "state": build}]
+    if fetch is not None:
+        doc["status"]["initContainerStatuses"] = [{"name": "fetch", "state": fetch}]
+    return doc
+
+
+STOPPED = json.dumps({"succeeded": False, "stopped": "Cancelled"})
+DONE = {"terminated": {"exitCode": 0, "message": json.dumps({"succeeded": True})}}
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        pod_with(build={"terminated": {"exitCode": 3, "message": STOPPED}}, phase="Failed"),
+        pod_with(fetch={"terminated": {"exitCode": 3, "message": STOPPED}}, phase="Failed"),
+        pod_with(build={"terminated": {"exitCode": 143, "message": ""}}),
+        pod_with(build={"terminated": {"exitCode": 137, "reason": "Error", "message": "log"}}),
+        pod_with(build={"running": {}}, deleting=True),
+        pod_with(phase="Failed", reason="UnexpectedAdmissionError"),
+    ],
+    ids=["runner-got-sigterm", "init-got-sigterm", "sigterm", "sigkill", "deleting", "failed"],
+)
+def test_a_pod_stopped_from_outside_waits_for_its_job_to_say_why(pod: dict[str, Any]) -> None:
+    """Not GenericBuildFailed: the Job says whether it was the deadline, an eviction or a
+    deletion (explain_stop)."""
+    view = jobs.read_pod(pod, image="r/x:1", deadline_seconds=60)
+    assert view.outcome is None and view.stopped
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        pod_with(phase="Failed", reason="Evicted", message="low on ephemeral-storage",
+                 build={"terminated": {"exitCode": 137, "message": ""}}),
+        pod_with(deleting=True, build={"running": {}}, conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+             "message": "Eviction API: evicting"}]),
+        pod_with(build={"terminated": {"exitCode": 3, "message": STOPPED}}, conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]),
+    ],
+    ids=["kubelet", "drain", "preempted"],
+)  # fmt: skip
+def test_a_disrupted_pod_is_evicted_whatever_its_containers_show(pod: dict[str, Any]) -> None:
+    view = jobs.read_pod(pod, image="r/x:1", deadline_seconds=60)
+    assert isinstance(view.outcome, Failed)
+    assert view.outcome.reason is Reason.BUILD_POD_EVICTED
+
+
+def test_a_pod_that_finished_before_its_deletion_succeeded() -> None:
+    view = jobs.read_pod(pod_with(build=DONE, deleting=True), image="r/x:1", deadline_seconds=9)
+    assert isinstance(view.outcome, Succeeded)
+
+
+def job_with(*conditions: tuple[str, str], **spec: Any) -> dict[str, Any]:
+    return {
+        "spec": dict(spec),
+        "status": {
+            "startTime": "2026-01-01T00:00:00Z",
+            "conditions": [{"type": t, "status": "True", "reason": r} for t, r in conditions],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("job", "reason"),
+    [
+        (job_with(("Failed", "DeadlineExceeded")), Reason.EXCEEDED_RETRY_TIMEOUT),
+        (job_with(("FailureTarget", "DeadlineExceeded")), Reason.EXCEEDED_RETRY_TIMEOUT),
+        (job_with(("Failed", "PodFailurePolicy")), Reason.BUILD_POD_EVICTED),
+        (job_with(("Failed", "BackoffLimitExceeded")), Reason.BUILD_POD_DELETED),
+        (None, Reason.BUILD_POD_DELETED),
+        (job_with(activeDeadlineSeconds=60), Reason.EXCEEDED_RETRY_TIMEOUT),  # past: says it
+    ],
+    ids=["deadline", "deadline-target", "evicted", "deleted", "job-gone", "past-deadline"],
+)
+def test_the_job_explains_a_stopped_pod(job: dict[str, Any] | None, reason: Reason) -> None:
+    outcome = jobs.explain_stop(
+        job, deadline_seconds=60, cancelled=False, now=datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    )
+    assert isinstance(outcome, Failed) and outcome.reason is reason
+
+
+def test_a_job_that_says_nothing_yet_explains_nothing() -> None:
+    early = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    running = job_with(activeDeadlineSeconds=60)
+    assert jobs.explain_stop(running, deadline_seconds=60, cancelled=False, now=early) is None
+    assert jobs.explain_stop(None, deadline_seconds=60, cancelled=True, now=early) == Cancelled()

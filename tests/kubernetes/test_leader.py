@@ -169,3 +169,167 @@ async def test_hand_over_mid_build_adopts_the_job(
     assert apiserver.calls.creates[JOBS] == [job_name]
     assert len(cluster.pods_made) == 1
     assert len(apiserver.list(("triggerd.dev/v1", "builds"), NAMESPACE)) == 1
+
+
+# Robustness: slow or failing leadership work, hanging API calls, shutdown order ----------------
+
+
+def lease_holder(apiserver: FakeApiServer) -> str:
+    lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+    return "" if lease is None else str(lease["spec"].get("holderIdentity") or "")
+
+
+def renewals(apiserver: FakeApiServer, identity: str) -> int:
+    """How many times ``identity`` wrote the Lease (creates and renewals)."""
+    return sum(
+        1
+        for event in apiserver.history
+        if event.key == LEASES and event.obj["spec"].get("holderIdentity") == identity
+    )
+
+
+async def test_slow_leadership_work_does_not_delay_renewals(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    """Recovery that takes longer than the lease (2 s here) must not let the Lease
+    expire: renewals go on meanwhile, and the other replica never leads."""
+    a, b = replicas
+    release = asyncio.Event()
+    started: list[bool] = []
+
+    async def slow(leader: bool) -> None:
+        started.append(leader)
+        if leader:
+            await release.wait()  # recover() on a big cluster
+        a.changes.append(leader)
+
+    a.elector.on_change = slow
+    a.elector.start()
+    await async_wait_for(lambda: started == [True], timeout=5, what="a starts leading")
+    b.elector.start()
+    before = renewals(apiserver, "replica-a")
+    # more than a whole lease duration of renewals while recovery still runs
+    wanted = before + int(a.elector.duration / a.elector.renew_interval) + 2
+    await async_wait_for(
+        lambda: renewals(apiserver, "replica-a") >= wanted, timeout=10, what="renewals go on"
+    )
+    assert a.elector.is_leader and not b.elector.is_leader
+    assert not b.changes and lease_holder(apiserver) == "replica-a"
+    release.set()
+    await async_wait_for(lambda: a.changes == [True], timeout=5, what="leading")
+
+
+async def test_failed_start_of_leadership_is_retried(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """on_change(True) raising (the store unreachable during recovery) must not leave a
+    replica holding the Lease with nothing scheduling: it is undone and tried again."""
+    a, _ = replicas
+    calls: list[bool] = []
+
+    async def flaky(leader: bool) -> None:
+        calls.append(leader)
+        if leader and calls.count(True) < 3:
+            raise RuntimeError("store unreachable")
+
+    a.elector.on_change = flaky
+    a.elector.start()
+    await async_wait_for(lambda: calls.count(True) == 3, timeout=10, what="third start")
+    # each failed start was undone before the next attempt
+    assert calls == [True, False, True, False, True]
+    assert a.elector.is_leader
+    await a.elector.stop()
+    assert calls[-1] is False
+
+
+async def test_losing_the_lease_cancels_a_start_in_progress(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    a, _ = replicas
+    entered = asyncio.Event()
+    cancelled: list[bool] = []
+    calls: list[bool] = []
+
+    async def stuck(leader: bool) -> None:
+        calls.append(leader)
+        if leader:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    a.elector.on_change = stuck
+    assert await a.elector.try_once()
+    await asyncio.wait_for(entered.wait(), 5)
+    lease = apiserver.get(LEASES, NAMESPACE, "triggerd-leader")
+    assert lease is not None
+    lease["spec"]["holderIdentity"] = "intruder"  # someone else took it
+    lease["spec"]["renewTime"] = "2099-01-01T00:00:00.000000Z"
+    apiserver.put(LEASES, lease)
+    assert not await a.elector.try_once()
+    await async_wait_for(lambda: calls == [True, False], timeout=5, what="stopped leading")
+    assert cancelled == [True]
+
+
+async def test_a_leader_whose_api_calls_hang_steps_down_before_the_lease_expires(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """The API server stops answering a (not b): a must stop leading before b may take
+    over, so there is never a moment with two leaders."""
+    a, b = replicas
+    events: list[tuple[str, bool]] = []
+
+    async def record_a(leader: bool) -> None:
+        events.append(("a", leader))
+
+    async def record_b(leader: bool) -> None:
+        events.append(("b", leader))
+
+    a.elector.on_change, b.elector.on_change = record_a, record_b
+    a.elector.start()
+    await async_wait_for(lambda: events == [("a", True)], timeout=5, what="a leads")
+    b.elector.start()
+
+    async def hang(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    a.kube.get = hang  # type: ignore[method-assign]
+    await async_wait_for(lambda: ("b", True) in events, timeout=10, what="b takes over")
+    assert events.index(("a", False)) < events.index(("b", True)), events
+
+
+async def test_dropped_connections_do_not_end_the_campaign(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    """aiohttp's own errors (a server that closes the connection) are API errors like
+    any other: the elector goes on and leads once the API server answers again."""
+    a, _ = replicas
+    apiserver.abort_next[LEASES] = 3
+    a.elector.start()
+    await async_wait_for(lambda: a.elector.is_leader, timeout=10, what="a leads after all")
+    assert apiserver.abort_next[LEASES] == 0
+    assert a.elector._task is not None and not a.elector._task.done()
+
+
+async def test_stop_stops_leading_before_releasing_the_lease(
+    replicas: tuple[Replica, Replica], apiserver: FakeApiServer
+) -> None:
+    """SIGTERM: the engine stops scheduling while this replica still holds the Lease;
+    only then may a successor take it."""
+    a, _ = replicas
+    holder_when_stopping: list[str] = []
+
+    async def record(leader: bool) -> None:
+        if not leader:
+            holder_when_stopping.append(lease_holder(apiserver))
+
+    a.elector.on_change = record
+    a.elector.start()
+    await async_wait_for(lambda: a.elector.is_leader, timeout=5, what="a leads")
+    await async_wait_for(lambda: a.elector.settled.is_set(), timeout=5, what="a settled")
+    await a.elector.stop()
+    assert holder_when_stopping == ["replica-a"]
+    assert lease_holder(apiserver) == ""

@@ -308,3 +308,100 @@ async def test_binary_inputs_in_use_come_from_build_annotations(store: Kubernete
     await store.instantiate([new_build(request=binary), new_build()])
     assert await store.binary_inputs_in_use({used, gone}) == {used}
     assert await store.binary_inputs_in_use(set()) == set()
+
+
+async def test_a_delivery_claim_taken_anew_meanwhile_is_not_overwritten(
+    store: KubernetesStore, apiserver: FakeApiServer
+) -> None:
+    """The claim this replica made is pruned and claimed by another delivery handler while
+    this one creates its builds: the completion (with a precondition) must not write this
+    call's builds into the other's claim."""
+    from triggerd.store.kubernetes import delivery_name
+
+    await store.create_buildconfig(factories.buildconfig("app", namespace=NAMESPACE))
+    delivery = Delivery(key="github:raced", received=factories.T0)
+    claim = delivery_name(delivery.key)
+    deliveries = ("triggerd.dev/v1", "deliveries")
+    plain = new_build()
+
+    def make(config: object, number: int) -> builds.Build:
+        # another replica pruned the claim and claimed the same id again, right now
+        theirs = apiserver.get(deliveries, NAMESPACE, claim)
+        assert theirs is not None
+        apiserver.remove(deliveries, NAMESPACE, claim)
+        theirs["metadata"].pop("resourceVersion", None)
+        theirs["spec"] = {"key": delivery.key, "builds": [], "complete": False, "other": True}
+        apiserver.put(deliveries, theirs)
+        return plain.make(config, number)  # type: ignore[arg-type]
+
+    made = await store.instantiate(
+        [NewBuild(namespace=NAMESPACE, config_name="app", make=make)], delivery=delivery
+    )
+    assert [b.name for b in made.builds] == ["app-1"]
+    stored = apiserver.get(deliveries, NAMESPACE, claim)
+    assert stored is not None and stored["spec"] == {
+        "key": delivery.key,
+        "builds": [],
+        "complete": False,
+        "other": True,
+    }
+
+
+async def test_a_refused_first_build_takes_no_number(store: KubernetesStore) -> None:
+    """A factory that refuses (the first build exists already) leaves lastVersion alone,
+    as the SQLite transaction does."""
+    await store.create_buildconfig(factories.buildconfig("app", namespace=NAMESPACE))
+
+    def refuse(config: object, number: int) -> builds.Build:
+        raise errors.Conflict("first build exists")
+
+    with pytest.raises(errors.Conflict):
+        await store.instantiate([NewBuild(namespace=NAMESPACE, config_name="app", make=refuse)])
+    assert (await store.get_buildconfig(NAMESPACE, "app")).last_version == 0
+    made = await store.instantiate([new_build()])
+    assert made.builds[0].name == "app-1"
+
+
+async def test_unparseable_configs_are_reported_when_asked(
+    store: KubernetesStore, apiserver: FakeApiServer
+) -> None:
+    broken = factories.buildconfig_doc("broken", namespace=NAMESPACE)
+    broken["apiVersion"] = "triggerd.dev/v1"
+    broken["spec"]["runPolicy"] = "Sometimes"
+    apiserver.put(BCS, broken)
+    seen: list[ConfigEvent] = []
+
+    async def consume() -> None:
+        async for event in store.watch_buildconfigs(timeout_seconds=1, include_invalid=True):
+            seen.append(event)
+
+    task = asyncio.create_task(consume())
+    try:
+        await async_wait_for(lambda: seen, timeout=5, what="the broken config")
+        assert seen[0].config is None and seen[0].name == "broken"
+        assert "spec.runPolicy" in seen[0].problem
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [c.name for c in await store.list_buildconfigs()] == []
+
+
+async def test_report_buildconfig_writes_the_condition_only_when_it_changes(
+    store: KubernetesStore, apiserver: FakeApiServer
+) -> None:
+    await store.create_buildconfig(factories.buildconfig("app", namespace=NAMESPACE))
+    assert not await store.report_buildconfig(NAMESPACE, "app", None)  # nothing to clear
+    assert await store.report_buildconfig(NAMESPACE, "app", "spec.x: bad")
+    assert not await store.report_buildconfig(NAMESPACE, "app", "spec.x: bad")
+    doc = apiserver.get(BCS, NAMESPACE, "app")
+    assert doc is not None
+    (condition,) = doc["status"]["conditions"]
+    assert condition["type"] == "Valid" and condition["status"] == "False"
+    assert condition["message"] == "spec.x: bad" and not doc["status"].get("lastVersion")
+    # the numbering still works beside it, and the condition stays
+    await store.instantiate([new_build()])
+    assert await store.report_buildconfig(NAMESPACE, "app", None)
+    doc = apiserver.get(BCS, NAMESPACE, "app")
+    assert doc is not None and "conditions" not in doc["status"]
+    assert doc["status"]["lastVersion"] == 1
+    assert not await store.report_buildconfig(NAMESPACE, "missing", "whatever")

@@ -233,3 +233,85 @@ def test_request_env_and_from_go_to_the_source_strategy() -> None:
     assert strategy["sourceStrategy"]["env"] == [{"name": "E", "value": "x"}]
     assert strategy["sourceStrategy"]["from"]["name"] == "registry.test/builder:2"
     assert build.meta.annotations["triggerd.dev/cache-repository"] == "registry.test/cache"
+
+
+# spec.resources (corev1.ResourceRequirements) ------------------------------------------------
+
+
+def test_resources_are_parsed_kept_and_inherited_by_builds() -> None:
+    doc = buildconfig_doc(
+        resources={
+            "requests": {"cpu": "500m", "memory": "2Gi"},
+            "limits": {"memory": "4Gi", "cpu": 1.5},
+        }
+    )
+    config = buildconfigs.parse(doc)
+    assert dict(config.spec.resources.requests) == {"cpu": "500m", "memory": "2Gi"}
+    assert dict(config.spec.resources.limits) == {
+        "memory": "4Gi",
+        "cpu": "1.5",
+    }  # a number: its text
+    assert config.to_dict()["spec"]["resources"] == doc["spec"]["resources"]  # kept as given
+    build = requests.instantiate(config, requests.BuildRequest(), number=1, uid="u", created=T0)
+    assert build.spec.resources == config.spec.resources
+    again = builds.from_dict(build.to_dict())
+    assert dict(again.spec.resources.requests) == {"cpu": "500m", "memory": "2Gi"}
+
+
+@pytest.mark.parametrize(
+    ("resources", "field"),
+    [
+        ({"requests": {"cpu": "lots"}}, "spec.resources.requests.cpu"),
+        ({"limits": {"memory": "-1Gi"}}, "spec.resources.limits.memory"),
+        ({"limits": {"memory": True}}, "spec.resources.limits.memory"),
+        ({"requests": {"bad name!": "1"}}, "spec.resources.requests.bad name!"),
+        ({"requests": {"memory": "8Gi"}, "limits": {"memory": "4Gi"}}, "spec.resources.requests"),
+        ({"claims": [{"name": "gpu"}]}, "spec.resources.claims"),
+        ({"requets": {"cpu": "1"}}, "spec.resources.requets"),
+        ({"requests": ["cpu"]}, "spec.resources.requests"),
+    ],
+    ids=["not-a-quantity", "negative", "boolean", "bad-name", "request-above-limit", "claims",
+         "typo", "not-a-map"],
+)  # fmt: skip
+def test_bad_resources_are_refused_with_their_field(resources: Any, field: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        buildconfigs.parse(buildconfig_doc(resources=resources))
+    assert field in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("500m", "0.5"), ("2", "2"), ("1Ki", "1024"), ("1.5Gi", "1610612736"), ("1e3", "1000"),
+     ("100M", "100000000"), (".5", "0.5"), ("1E2", "100")],
+)  # fmt: skip
+def test_quantities(text: str, value: str) -> None:
+    from decimal import Decimal
+
+    from triggerd.model import specs
+
+    assert specs.parse_quantity(text) == Decimal(value)
+
+
+# Annotations a Build inherits from its BuildConfig only -----------------------------------
+
+
+def test_config_owned_annotations_come_from_the_config_never_from_the_request() -> None:
+    doc = buildconfig_doc()
+    doc["metadata"]["annotations"] = {
+        buildconfigs.PRIVILEGED_ANNOTATION: "true",
+        buildconfigs.CACHE_ANNOTATION: "registry.test/cache/app",
+    }
+    request = requests.BuildRequest(
+        annotations={
+            buildconfigs.PRIVILEGED_ANNOTATION: "false",
+            buildconfigs.CACHE_ANNOTATION: "attacker.test/steal",
+            "note": "kept",
+        }
+    )
+    build = requests.instantiate(buildconfigs.parse(doc), request, number=1, uid="u", created=T0)
+    assert build.meta.annotations[buildconfigs.PRIVILEGED_ANNOTATION] == "true"
+    assert build.meta.annotations[buildconfigs.CACHE_ANNOTATION] == "registry.test/cache/app"
+    assert build.meta.annotations["note"] == "kept"
+    plain = requests.instantiate(buildconfig(), request, number=1, uid="u", created=T0)
+    assert buildconfigs.PRIVILEGED_ANNOTATION not in plain.meta.annotations
+    assert buildconfigs.CACHE_ANNOTATION not in plain.meta.annotations

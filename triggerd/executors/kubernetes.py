@@ -350,8 +350,11 @@ class KubernetesExecutor:
         finally:
             for event in progress.ready.values():
                 event.set()  # containers that never started are skipped by the streamer
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(streamer), LOG_DRAIN_SECONDS)
+            if outcome is not None:
+                # Ended: the streams end with the containers. Stopped (this replica no longer
+                # leads, or shuts down): not waited for, the next leader reads the pod's log.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(streamer), LOG_DRAIN_SECONDS)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
