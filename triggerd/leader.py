@@ -68,11 +68,12 @@ class LeaderElector:
     ) -> None:
         if renew_interval_seconds >= lease_duration_seconds:
             raise ValueError("renew interval must be shorter than the lease duration")
-        deadline = (
-            renew_deadline_seconds
-            if renew_deadline_seconds is not None
-            else max(lease_duration_seconds * 2 / 3, renew_interval_seconds * 1.5)
-        )
+        deadline = renew_deadline_seconds
+        if deadline is None:
+            # client-go's 10 s of 15 s; with an interval that long, halfway to the lease
+            deadline = lease_duration_seconds * 2 / 3
+            if deadline <= renew_interval_seconds:
+                deadline = (renew_interval_seconds + lease_duration_seconds) / 2
         if not renew_interval_seconds < deadline < lease_duration_seconds:
             raise ValueError("the renew deadline must lie between the interval and the lease")
         self.kube = kube

@@ -587,3 +587,38 @@ async def test_binary_builds_are_refused_with_a_reason(
     assert "binary builds" in outcome.message and "executor kubernetes" in outcome.message
     assert apiserver.calls.creates.get(JOBS, []) == []
     assert "not shipped into build pods" in logs.read("triggerd", build.name).decode()
+
+
+async def test_recover_does_not_take_an_earlier_builds_job_for_its_own(
+    executor: KubernetesExecutor, cluster: Cluster
+) -> None:
+    """A Job of the same name left by an earlier build (its config deleted and made again)
+    is not this Running build's: its pod is gone."""
+    old = make_build()
+    task, _, job_name = await start(executor, old, cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+    new = dataclasses.replace(
+        old,
+        meta=dataclasses.replace(old.meta, uid="another-uid"),
+        status=dataclasses.replace(old.status, phase=Phase.RUNNING),
+    )
+    outcome = await executor.recover(new)
+    assert isinstance(outcome, Failed) and outcome.reason is Reason.BUILD_POD_DELETED
+    assert await executor.recover(dataclasses.replace(old, status=new.status)) is None
+
+
+async def test_a_run_that_fails_deletes_its_job(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    """The pods cannot be read any more (RBAC changed under it): the engine ends the build
+    as Error, and the Job goes with it instead of building on unwatched."""
+    task, _, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    apiserver.forbidden.add(PODS)
+    apiserver.drop_streams()
+    with pytest.raises(Exception, match="403"):
+        await asyncio.wait_for(task, 15)
+    assert cluster.job(job_name) is None

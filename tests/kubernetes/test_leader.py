@@ -333,3 +333,18 @@ async def test_stop_stops_leading_before_releasing_the_lease(
     await a.elector.stop()
     assert holder_when_stopping == ["replica-a"]
     assert lease_holder(apiserver) == ""
+
+
+def test_the_renew_deadline_lies_between_the_interval_and_the_lease(kube: Kube) -> None:
+    def deadline(duration: int, interval: float) -> float:
+        elector = LeaderElector(
+            kube, namespace=NAMESPACE, name="l", identity="i",
+            lease_duration_seconds=duration, renew_interval_seconds=interval,
+        )  # fmt: skip
+        return elector.renew_deadline
+
+    assert deadline(15, 5.0) == 10.0  # client-go's defaults
+    assert 12.0 < deadline(15, 12.0) < 15.0
+    with pytest.raises(ValueError, match="renew deadline"):
+        LeaderElector(kube, namespace=NAMESPACE, name="l", identity="i",
+                      lease_duration_seconds=15, renew_deadline_seconds=20)  # fmt: skip

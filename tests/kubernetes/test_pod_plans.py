@@ -9,6 +9,7 @@ container leaves it; only buildah's storage paths differ from the pod's.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 
 from tests.executors.test_runner import kubelet_volume
 from tests.support.gitrepo import GitRepoFactory
-from tests.support.registry import Registry
+from tests.support.registry import Registry, RegistryFactory
 from triggerd.executors.base import Failed, Succeeded
 from triggerd.model import builds
 from triggerd.planning import buildah, jobs
@@ -195,3 +196,88 @@ def test_the_jobs_plans_use_mounted_secrets_and_config_maps(
     build_exit = run_plan(relocated(annotations[jobs.BUILD_PLAN_ANNOTATION]), tmp_path,
                           "build.json", workspace, build_result)  # fmt: skip
     assert build_exit == 0, build_result.read_text()
+
+
+def test_the_layer_cache_is_pushed_with_the_push_secret_beside_a_pull_secret(
+    tmp_path: Path,
+    storage: Path,
+    registry: Registry,
+    base_image: str,
+    registry_factory: RegistryFactory,
+    git_repo_factory: GitRepoFactory,
+) -> None:
+    """The base image is in a registry only the pull secret opens, the output and its
+    layer cache in one only the push secret opens: buildah build (one --authfile for
+    both) pulls with the one and pushes the cache with the other — the cache repository
+    has the cache afterwards, which a cache push with the pull credentials never makes
+    (buildah would then build again without the cache, and succeed all the same)."""
+    private = registry_factory(htpasswd={"puller": "correct-horse"})
+    target = registry_factory(htpasswd={"pusher": "battery-staple"})
+    base = private.ref("base/busybox", "latest")
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+         "--dest-creds", "puller:correct-horse", f"docker://{base_image}", f"docker://{base}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    repo = git_repo_factory(
+        name="k8s-cache", files={"Dockerfile": f"FROM {base}\nRUN echo cached > /cached\n"}
+    )
+    image = target.ref("team/app", "v1")
+    build = builds.from_dict(
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": "cached-1", "namespace": "triggerd", "uid": "u3",
+                         "labels": {builds.CONFIG_LABEL: "cached"}},
+            "spec": {
+                "source": {"type": "Git", "git": {"uri": repo.git_url, "ref": "main"}},
+                "strategy": {"type": "Docker",
+                             "dockerStrategy": {"pullSecret": {"name": "pull"}}},
+                "output": {"to": {"kind": "DockerImage", "name": image},
+                           "pushSecret": {"name": "push"}},
+            },
+        }
+    )  # fmt: skip
+    options = jobs.JobOptions(
+        namespace="triggerd",
+        image="unused",
+        insecure_registries=frozenset({registry.host, private.host, target.host}),
+        layer_cache_registry=f"{target.host}/cache",
+    )
+    ctx = dataclasses.replace(
+        jobs.plan_context(build, options),
+        root=str(storage / "storage"),
+        runroot=str(storage / "run"),
+    )
+    job = jobs.render_job(build, buildah.render(build, ctx), options)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+
+    def auth(host: str, user: str, password: str) -> str:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return json.dumps({"auths": {host: {"auth": token}}})
+
+    # The Secret volumes as the kubelet lays them out, moved under tmp_path.
+    push_dir, pull_dir = tmp_path / "push", tmp_path / "pull"
+    kubelet_volume(push_dir, {jobs.AUTH_FILE: auth(target.host, "pusher", "battery-staple")})
+    kubelet_volume(pull_dir, {jobs.AUTH_FILE: auth(private.host, "puller", "correct-horse")})
+
+    def relocated(plan_json: str) -> str:
+        return (
+            plan_json.replace(jobs.PUSH_SECRET_DIR, str(push_dir))
+            .replace(jobs.PULL_SECRET_DIR, str(pull_dir))
+            .replace(jobs.CACHE_AUTH_FILE, str(tmp_path / "build-auth.json"))
+        )
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    fetch_result, build_result = tmp_path / "fetch-termination", tmp_path / "build-termination"
+    fetch_exit = run_plan(relocated(annotations[jobs.FETCH_PLAN_ANNOTATION]), tmp_path,
+                          "fetch.json", workspace, fetch_result)  # fmt: skip
+    assert fetch_exit == 0, fetch_result.read_text()
+    build_exit = run_plan(relocated(annotations[jobs.BUILD_PLAN_ANNOTATION]), tmp_path,
+                          "build.json", workspace, build_result)  # fmt: skip
+    assert build_exit == 0, build_result.read_text()
+    assert target.head_digest("team/app", "v1") is not None
+    tags = target.request("GET", "/v2/cache/triggerd/cached/tags/list")
+    assert tags.status == 200, tags.body
+    assert json.loads(tags.body)["tags"], "the layer cache was not pushed"

@@ -164,13 +164,24 @@ class KubernetesExecutor:
                 message = f"{Reason.CANNOT_CREATE_BUILD_POD.message} {e.status} {e.message}"
                 with self.logs.open_writer(build.namespace, build.name) as writer:
                     writer.line(f"--> {message}")
+                # A create whose answer was lost may have made it after all.
+                await self._delete_job_quietly(job_name, uid=build.meta.uid)
                 return Failed(
                     reason=Reason.CANNOT_CREATE_BUILD_POD, message=message, log_snippet=""
                 )
             if active.cancel_requested:
                 await self._delete_job(job_name)
                 return Cancelled()
-            outcome = await self._follow(build, job_name, plan, reporter, active, adopted=adopted)
+            try:
+                outcome = await self._follow(
+                    build, job_name, plan, reporter, active, adopted=adopted
+                )
+            except asyncio.CancelledError:
+                raise  # this replica stops following; the Job goes on for the next leader
+            except Exception:
+                # The engine ends the build as Error: nothing may build on for it.
+                await self._delete_job_quietly(job_name)
+                raise
             if isinstance(outcome, Failed):
                 # Ended (evicted, deleted, failed, out of time): nothing may go on building
                 # or pushing for it, not even a pod the Job controller would start next.
@@ -236,7 +247,7 @@ class KubernetesExecutor:
         Otherwise the build is over: cancelled, or its Job is gone and nothing can say how
         it went."""
         try:
-            await self.kube.get(
+            job = await self.kube.get(
                 path_for(
                     "batch/v1",
                     "jobs",
@@ -247,12 +258,17 @@ class KubernetesExecutor:
         except KubeError as e:
             if not e.not_found:
                 raise
-            if build.status.cancelled:
-                return Cancelled()  # its Job was deleted by the cancel
-            if build.phase is Phase.PENDING:
-                return None
-            return jobs.pod_deleted()
-        return None
+            job = None
+        annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
+        owner = str(annotations.get(jobs.BUILD_UID_ANNOTATION, ""))
+        if job is not None and (not owner or not build.meta.uid or owner == build.meta.uid):
+            return None
+        # No Job of this build (a Job of an earlier same-named build is not its).
+        if build.status.cancelled:
+            return Cancelled()  # its Job was deleted by the cancel
+        if build.phase is Phase.PENDING:
+            return None
+        return jobs.pod_deleted()
 
     # Following a Job ---------------------------------------------------------------------
     async def _create_or_adopt(self, build: Build, job_name: str, manifest: dict[str, Any]) -> bool:
@@ -309,10 +325,18 @@ class KubernetesExecutor:
             raise
         return True
 
-    async def _delete_job_quietly(self, job_name: str) -> None:
+    async def _delete_job_quietly(self, job_name: str, *, uid: str = "") -> None:
+        """Delete the Job (only if it is the build of ``uid``, when given), retrying
+        transient errors a few times; never raises."""
         delay = RETRY_FIRST_SECONDS
         for _ in range(CREATE_ATTEMPTS):
             try:
+                if uid:
+                    path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+                    existing = await self.kube.get(path)
+                    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+                    if annotations.get(jobs.BUILD_UID_ANNOTATION) != uid:
+                        return  # another build's (or none)
                 await self._delete_job(job_name)
                 return
             except KubeError as e:
