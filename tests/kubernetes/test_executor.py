@@ -622,3 +622,18 @@ async def test_a_run_that_fails_deletes_its_job(
     with pytest.raises(Exception, match="403"):
         await asyncio.wait_for(task, 15)
     assert cluster.job(job_name) is None
+
+
+async def test_transient_api_errors_before_the_job_exists_are_retried(
+    executor: KubernetesExecutor, cluster: Cluster, apiserver: FakeApiServer
+) -> None:
+    """The API answers 500 to the first Job read and the first create: the build is not
+    failed with CannotCreateBuildPod for it; one Job is made."""
+    apiserver.fail_reads[JOBS] = 1
+    apiserver.fail_next[JOBS] = 1
+    task, _, job_name = await start(executor, make_build(), cluster)
+    await fetch_ok(cluster, job_name)
+    cluster.start_build(job_name)
+    cluster.finish_build(job_name, message=result_message(digest=DIGEST))
+    assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
+    assert apiserver.calls.creates[JOBS] == [job_name]

@@ -156,7 +156,7 @@ class KubernetesExecutor:
             manifest = jobs.render_job(build, plan, options)
             job_name = str(manifest["metadata"]["name"])
             try:
-                missing = await self._missing_volume_source(job_name, manifest)
+                missing = await self._checked_volume_sources(job_name, manifest)
                 if missing is not None:
                     return self._refuse(build, *missing)
                 adopted = await self._create_or_adopt(build, job_name, manifest)
@@ -195,6 +195,21 @@ class KubernetesExecutor:
         with self.logs.open_writer(build.namespace, build.name) as writer:
             writer.line(f"--> Build failed ({reason.value}): {message}")
         return Failed(reason=reason, message=message, log_snippet=message)
+
+    async def _checked_volume_sources(
+        self, job_name: str, manifest: dict[str, Any]
+    ) -> tuple[Reason, str] | None:
+        """:meth:`_missing_volume_source`, asked again when the API had trouble answering."""
+        delay = RETRY_FIRST_SECONDS
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return await self._missing_volume_source(job_name, manifest)
+            except KubeError as e:
+                if not e.transient or attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        return None
 
     async def _missing_volume_source(
         self, job_name: str, manifest: dict[str, Any]
