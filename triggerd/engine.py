@@ -89,6 +89,9 @@ HOUSEKEEPING_SECONDS = 3600.0
 
 #: How often a leader looks for builds another replica created (no in-process wake then).
 SHARED_STORE_POLL_SECONDS = 2.0
+#: While every run slot is taken, new builds cannot start: the queue depth gauge is then
+#: refreshed at most this often instead of on every new build.
+QUEUE_DEPTH_REFRESH_SECONDS = 1.0
 
 #: How often a read-modify-write of a build may lose a race before the caller hears of it.
 REWRITE_ATTEMPTS = 20
@@ -142,6 +145,13 @@ class Engine:
         self.logs = logs
         self.clock = clock
         self._wake = asyncio.Event()
+        # A pass that found every run slot taken leaves the scheduler "saturated": new
+        # queued builds alone then start nothing, so they do not cost a pass each (at a
+        # thousand webhooks a second those passes were a fifth of triggerd's CPU). Only a
+        # change that can free a slot (a build ending, a cancel, a retry) runs a pass.
+        self._saturated = False
+        self._slot_change = True
+        self._depth_refreshed = -QUEUE_DEPTH_REFRESH_SECONDS
         self._changed = asyncio.Condition()
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -389,6 +399,12 @@ class Engine:
         await self.store.close()
 
     def wake(self) -> None:
+        """Run a scheduling pass soon: something may have freed a run slot."""
+        self._slot_change = True
+        self._wake.set()
+
+    def _wake_for_queued(self) -> None:
+        """New builds were queued: a pass can start them only if a slot is free."""
         self._wake.set()
 
     async def recover(self) -> None:
@@ -640,7 +656,7 @@ class Engine:
             for build in result.builds:
                 if policies.policy_of(build) is RunPolicy.SERIAL_LATEST_ONLY:
                     await self._supersede(build)
-            self.wake()
+            self._wake_for_queued()
             await self._notify()
         return result
 
@@ -703,11 +719,17 @@ class Engine:
                 await self._wake.wait()
             else:
                 # Builds created by a webhook on another replica never wake this one.
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), SHARED_STORE_POLL_SECONDS)
+                except TimeoutError:
+                    self._slot_change = True  # another replica may have ended or cancelled
             self._wake.clear()
             if not self._leads():
                 continue  # lost the Lease: on_leadership(False) is about to stop this loop
+            if not full and self._saturated and not self._slot_change:
+                await self._refresh_queue_depth()
+                continue
+            self._slot_change = False
             try:
                 await (self.schedule_everything() if full else self.schedule_once())
                 full = False
@@ -723,6 +745,8 @@ class Engine:
         unfinished = [b async for b in self.all_builds(stores.BuildQuery(phases=UNFINISHED))]
         decision = scheduling.decide(unfinished, max_concurrent=self.settings.max_concurrent_builds)
         metrics.QUEUE_DEPTH.set(scheduling.queue_depth(unfinished))
+        active = sum(1 for b in unfinished if b.phase in ACTIVE)
+        self._saturated = active + len(decision.start) >= self.settings.max_concurrent_builds
         await self._stop_cancelled(b for b in unfinished if b.phase in ACTIVE)
         await self._carry_out(decision)
         return decision
@@ -735,12 +759,18 @@ class Engine:
         always has a startable build and at most ``len(active)`` configs have one, so the
         oldest ``len(active) + free`` queues hold a build for every free slot if any exists.
         """
-        summary = await self.store.queue_summary()
-        metrics.QUEUE_DEPTH.set(summary.total)
         active = [b async for b in self.all_builds(stores.BuildQuery(phases=ACTIVE))]
         await self._stop_cancelled(active)
         free = self.settings.max_concurrent_builds - len(active)
-        if free <= 0 or not summary.configs:
+        self._saturated = free <= 0
+        if free <= 0:
+            metrics.BUILDS_ACTIVE.set(len(active))
+            await self._refresh_queue_depth()
+            return scheduling.Decision()
+        summary = await self.store.queue_summary()
+        self._depth_refreshed = asyncio.get_running_loop().time()
+        metrics.QUEUE_DEPTH.set(summary.total)
+        if not summary.configs:
             metrics.BUILDS_ACTIVE.set(len(active))
             return scheduling.Decision()
         candidates = list(active)
@@ -765,7 +795,17 @@ class Engine:
             cancel=tuple(b for b in decision.cancel if (b.namespace, b.config_name) in whole),
         )
         await self._carry_out(decision)
+        # A start skipped because its build was cancelled meanwhile came with a wake().
+        self._saturated = len(active) + len(decision.start) >= self.settings.max_concurrent_builds
         return decision
+
+    async def _refresh_queue_depth(self) -> None:
+        """The queue depth gauge, read at most every QUEUE_DEPTH_REFRESH_SECONDS."""
+        now = asyncio.get_running_loop().time()
+        if now - self._depth_refreshed < QUEUE_DEPTH_REFRESH_SECONDS:
+            return
+        self._depth_refreshed = now
+        metrics.QUEUE_DEPTH.set((await self.store.queue_summary()).total)
 
     async def _stop_cancelled(self, active: Iterable[Build]) -> None:
         """Builds marked cancelled (on any replica) that this leader runs are stopped here:
