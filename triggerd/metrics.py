@@ -7,6 +7,8 @@ build names.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -49,3 +51,21 @@ WEBHOOKS = Counter(
     ["provider", "result"],
     registry=REGISTRY,
 )
+
+
+# labels() takes a lock and builds a key on every call; the hot paths (one HTTP request, one
+# webhook delivery) use these memoised children instead. Bounded: label values are route
+# templates, methods, statuses, providers and results, but a client can invent methods.
+@functools.lru_cache(maxsize=1024)
+def http_request_counter(route: str, method: str, status: str) -> Counter:
+    return HTTP_REQUESTS.labels(route, method, status)
+
+
+@functools.lru_cache(maxsize=256)
+def http_duration(route: str) -> Histogram:
+    return HTTP_DURATION.labels(route)
+
+
+@functools.lru_cache(maxsize=256)
+def webhook_counter(provider: str, result: str) -> Counter:
+    return WEBHOOKS.labels(provider, result)

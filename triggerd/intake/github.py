@@ -136,9 +136,16 @@ def _push(root: Node, delivery: str | None, who: str) -> GitPush:
         raise MalformedPayload(
             "field repository.clone_url is missing (and so are html_url, ssh_url and git_url)"
         )
-    commits = tuple(git_style_commit(node) for node in root.children("commits"))
+    commit_nodes = root.children("commits")
+    commits = tuple(git_style_commit(node) for node in commit_nodes)
     head_node = root.child("head_commit")
-    head = git_style_commit(head_node) if head_node is not None else find_commit(commits, after)
+    if head_node is None:
+        head = find_commit(commits, after)
+    elif commit_nodes and head_node.same_content(commit_nodes[-1]):
+        # GitHub's head_commit repeats the last of commits[]: parse it once.
+        head = commits[-1]
+    else:
+        head = git_style_commit(head_node)
     deleted = root.boolean("deleted")
     created = root.boolean("created")
     return GitPush(

@@ -49,8 +49,8 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         status = CLIENT_CLOSED
         raise
     finally:
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+        metrics.http_request_counter(route, request.method, str(status)).inc()
+        metrics.http_duration(route).observe(time.perf_counter() - started)
 
 
 @auth.public

@@ -16,6 +16,7 @@ logged, only its route template, and every verification failure answers the same
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from triggerd import errors, intake, matching, metrics
+from triggerd import errors, intake, jsoncodec, matching, metrics
 from triggerd.engine import Engine, StartRequest
 from triggerd.events import Event, GenericTrigger, GitPush, Ping, Provider
 from triggerd.intake import bitbucket, signatures
@@ -48,6 +49,7 @@ SECRET_QUERY: Final = "secret"  # noqa: S105 - a parameter name, not a secret
 _OFFLOAD_BYTES: Final = 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
 #: Request-scoped storage key of the lowered headers (see _headers).
+_ENCODER: Final = json.JSONEncoder()
 _LOWERED_HEADERS: Final = web.RequestKey[Mapping[str, str]]("triggerd.lowered_headers")
 _SHOWN_ID_CHARS: Final = 80
 #: How many per-config refusals one log line lists (an org ping may try every config).
@@ -463,10 +465,10 @@ async def _answer(
             "buildConfigs": configs,
             "reason": f"ping: pushes would be routed to {names}",
         }
-        return web.json_response(body, status=200), PING
+        return _json(body, 200), PING
     if not plan.starts:
         body = {**base, "triggered": [], "reason": _reason(plan), "skipped": plan.skipped}
-        return web.json_response(body, status=200), SKIPPED
+        return _json(body, 200), SKIPPED
     received = engine.clock()
     delivery = Delivery(key=key, received=received) if key is not None else None
     # Returns only after the commit: the 201 below is a promise the builds exist.
@@ -481,11 +483,17 @@ async def _answer(
             "duplicate": True,
             "reason": f"delivery {delivery_id} was already received; nothing new started",
         }
-        return web.json_response(body, status=200), DUPLICATE
+        return _json(body, 200), DUPLICATE
     body = {**base, "triggered": [_entry(b) for b in result.builds]}
     if plan.skipped:
         body["skipped"] = plan.skipped
-    return web.json_response(body, status=201), TRIGGERED
+    return _json(body, 201), TRIGGERED
+
+
+def _json(body: Mapping[str, Any], status: int) -> web.Response:
+    # orjson (with json as the fallback for what it refuses): an answer per delivery.
+    text = jsoncodec.dumps(body, default=str, fallback=_ENCODER)
+    return web.Response(text=text, status=status, content_type="application/json")
 
 
 def _result_of(error: Exception) -> str:
@@ -531,7 +539,7 @@ async def _serve(request: web.Request, provider: Provider, *, org: bool) -> web.
         response, result = await _answer(engine, plan, key, delivery_id)
     except errors.TriggerdError as e:
         result = _result_of(e)
-        metrics.WEBHOOKS.labels(provider.value, result).inc()
+        metrics.webhook_counter(provider.value, result).inc()
         detail = e.detail if isinstance(e, _Refused) else str(e)
         log.info(
             "%s delivery %s on %s refused (%s): %s",
@@ -550,10 +558,10 @@ async def _serve(request: web.Request, provider: Provider, *, org: bool) -> web.
     except Exception:
         # Answered here rather than by the error middleware, which logs the request path:
         # on these routes the path carries the secret.
-        metrics.WEBHOOKS.labels(provider.value, FAILED).inc()
+        metrics.webhook_counter(provider.value, FAILED).inc()
         log.exception("%s delivery %s on %s failed", provider.value, _shown_id(delivery_id), route)
         return web_errors.internal_error()
-    metrics.WEBHOOKS.labels(provider.value, result).inc()
+    metrics.webhook_counter(provider.value, result).inc()
     log.info(
         "%s delivery %s on %s: %s (%d build(s))",
         provider.value,
