@@ -7,7 +7,8 @@ scripts/install-system-deps.sh.
 
 Each round starts, in this process, a fresh triggerd application (``make_app`` with the
 webhook routes, a real SqliteStore in a temporary directory, the fake executor from
-tests/fakes.py so buildah never runs) with one GitHub BuildConfig, and a baseline aiohttp
+tests/fakes.py so buildah never runs) with one GitHub BuildConfig, logging as ``triggerd
+serve`` does by default (level info, its access log, here into a file), and a baseline aiohttp
 server whose single handler reads the body, checks ``X-Hub-Signature-256`` and decodes the
 JSON, storing nothing (baseline (a)), and adnanh/webhook with a payload-hmac-sha256 rule that
 runs ``/bin/true`` and includes its output in the response (baseline (b)). ``wrk`` then posts
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +51,7 @@ from tests.fakes import FakeExecutor
 from triggerd.engine import Engine
 from triggerd.intake import signatures
 from triggerd.logs import LogStore
-from triggerd.server import settle_heap
+from triggerd.server import LOG_FORMAT, RouteAccessLogger, settle_heap
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
@@ -219,6 +223,32 @@ async def serve(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
+async def serve_as_triggerd(app: web.Application, port: int) -> web.AppRunner:
+    """As ``triggerd serve`` runs it: its access logger (logging_to decides where to)."""
+    runner = web.AppRunner(app, access_log_class=RouteAccessLogger)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port).start()
+    return runner
+
+
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """The root logger as ``triggerd serve`` sets it up (level info, its format), into
+    ``path`` instead of stderr, for the length of the block."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
 async def round_baseline(work: Path, body: Path, signature: str, conns: int, secs: int) -> Result:
     app = web.Application(client_max_size=25 * 1024 * 1024)
     app.router.add_post("/hooks/github", baseline_handler)
@@ -289,17 +319,18 @@ async def round_triggerd(
     )
     app = make_app(engine, logs, settings, extra_routes=webhooks.ROUTES)
     port = free_port()
-    runner = await serve(app, port)  # starts the engine
-    try:
-        await engine.create_buildconfig(buildconfig())
-        settle_heap()  # as `triggerd serve` does once started
-        result = await run_wrk(
-            f"http://{HOST}:{port}", "/hooks/github", body, signature, conns, secs
-        )
-        stored = len((await engine.store.list_builds(BuildQuery())).builds)
-    finally:
-        await runner.cleanup()
-        gc.unfreeze()  # this round's heap is garbage now
+    with logging_to(data_dir / "triggerd.log"):
+        runner = await serve_as_triggerd(app, port)  # starts the engine
+        try:
+            await engine.create_buildconfig(buildconfig())
+            settle_heap()  # as `triggerd serve` does once started
+            result = await run_wrk(
+                f"http://{HOST}:{port}", "/hooks/github", body, signature, conns, secs
+            )
+            stored = len((await engine.store.list_builds(BuildQuery())).builds)
+        finally:
+            await runner.cleanup()
+            gc.unfreeze()  # this round's heap is garbage now
     return result, stored
 
 

@@ -43,9 +43,10 @@ from bench.intake_bench import (
     Result,
     buildconfig,
     free_port,
+    logging_to,
     payload,
     run_wrk,
-    serve,
+    serve_as_triggerd,
     show,
 )
 from tests.e2e.server import TriggerdServer
@@ -146,18 +147,19 @@ async def round_intake(
     )
     app = make_app(engine, logs, settings, extra_routes=webhooks.ROUTES)
     port = free_port()
-    started = time.perf_counter()
-    runner = await serve(app, port)  # starts the engine: loads every config into the index
-    start_seconds = time.perf_counter() - started
-    settle_heap()  # as `triggerd serve` does once started
-    try:
-        result = await run_wrk(
-            f"http://{HOST}:{port}", "/hooks/github", body, signature, CONNECTIONS, seconds
-        )
-        stored = len((await engine.store.list_builds(BuildQuery())).builds)
-    finally:
-        await runner.cleanup()
-        gc.unfreeze()  # this round's heap is garbage now; the next round settles its own
+    with logging_to(data_dir / "triggerd.log"):
+        started = time.perf_counter()
+        runner = await serve_as_triggerd(app, port)  # starts the engine: loads every config
+        start_seconds = time.perf_counter() - started
+        settle_heap()  # as `triggerd serve` does once started
+        try:
+            result = await run_wrk(
+                f"http://{HOST}:{port}", "/hooks/github", body, signature, CONNECTIONS, seconds
+            )
+            stored = len((await engine.store.list_builds(BuildQuery())).builds)
+        finally:
+            await runner.cleanup()
+            gc.unfreeze()  # this round's heap is garbage now; the next round settles its own
     shutil.rmtree(data_dir, ignore_errors=True)
     return result, stored, start_seconds
 

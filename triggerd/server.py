@@ -34,7 +34,7 @@ from triggerd import errors
 from triggerd.engine import Engine
 from triggerd.inputs import BinaryInputs
 from triggerd.settings import Settings
-from triggerd.web import draining
+from triggerd.web import SELF_LOGGED, draining
 from triggerd.web.app import make_app
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,8 @@ class RouteAccessLogger(AbstractAccessLogger):
     OpenShift), so the raw request line must not reach the log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if isinstance(request, web.Request) and request.get(SELF_LOGGED):
+            return  # its handler logged it, with more than this line would say
         route = "unmatched"
         match_info = getattr(request, "match_info", None)
         if match_info is not None and match_info.http_exception is None:
@@ -286,8 +288,8 @@ class RouteAccessLogger(AbstractAccessLogger):
         )
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)

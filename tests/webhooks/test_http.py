@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from tests.intake.payloads import document, encode, raw
+from tests.support.processes import async_wait_for
 from tests.webhooks.conftest import (
     BODY_LIMIT,
     JSON,
@@ -262,3 +264,27 @@ async def test_a_body_cut_short_is_malformed_not_an_internal_error(error: Except
     request = cast(web.Request, _BrokenBody(error))
     with pytest.raises(errors.MalformedPayload, match="could not be read completely"):
         await webhooks._read_body(request, BODY_LIMIT)
+
+
+async def test_an_answered_delivery_is_logged_once_with_its_status(
+    hooks: Hooks, caplog: pytest.LogCaptureFixture
+) -> None:
+    await hooks.add_config(triggers=[trigger("GitHub")])
+    caplog.set_level(logging.INFO)
+    reply = await hooks.post("/hooks/github", PUSH, github_headers(PUSH, delivery="log-1"))
+    assert reply.status == 201
+    refused = await hooks.post("/hooks/github", b"{}", {"Content-Type": JSON})
+    assert refused.status == 400
+
+    def access_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+
+    # aiohttp writes the access line once the answer is out: wait for the refused one's.
+    await async_wait_for(access_lines, timeout=5, what="the access log line")
+    delivery = [r.getMessage() for r in caplog.records if "'log-1'" in r.getMessage()]
+    assert len(delivery) == 1, delivery
+    assert delivery[0].startswith("127.0.0.1 github delivery 'log-1' on /hooks/github: 201 ")
+    assert " triggered (1 build(s)) " in delivery[0]
+    # The refused delivery is in the access log; the answered one only in its own line.
+    access = access_lines()
+    assert len(access) == 1 and " 400 " in access[0], access

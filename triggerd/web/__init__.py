@@ -45,3 +45,7 @@ ENGINE: web.AppKey[Engine] = web.AppKey("triggerd.engine")
 LOGS: web.AppKey[LogReader] = web.AppKey("triggerd.logs")
 SETTINGS: web.AppKey[Settings] = web.AppKey("triggerd.settings")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("triggerd.lifecycle")
+#: Set by a handler that wrote the request's log line itself, status and time included (a
+#: webhook delivery's line also names its result and builds): the access log then skips
+#: the request instead of logging it twice.
+SELF_LOGGED: web.RequestKey[bool] = web.RequestKey("triggerd.self_logged", bool)
