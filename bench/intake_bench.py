@@ -5,10 +5,11 @@ Run: ``python bench/intake_bench.py [--seconds 8] [--runs 3] [--connections 1 32
 ``wrk`` and ``webhook`` (adnanh/webhook, baseline (b)); both come from
 scripts/install-system-deps.sh.
 
-Each round starts, in this process, a fresh triggerd application (``make_app`` with the
-webhook routes, a real SqliteStore in a temporary directory, the fake executor from
-tests/fakes.py so buildah never runs) with one GitHub BuildConfig, logging as ``triggerd
-serve`` does by default (level info, its access log, here into a file), and a baseline aiohttp
+Each round starts, in this process, a fresh triggerd application wired as ``triggerd serve``
+wires it (``server.build_components``: SQLite store in a temporary directory, image change
+runtime, every route), except for the fake executor from tests/fakes.py so buildah never
+runs, with one GitHub BuildConfig, logging as ``triggerd serve`` does by default (level info,
+its access log, here into a file), and a baseline aiohttp
 server whose single handler reads the body, checks ``X-Hub-Signature-256`` and decodes the
 JSON, storing nothing (baseline (a)), and adnanh/webhook with a payload-hmac-sha256 rule that
 runs ``/bin/true`` and includes its output in the response (baseline (b)). ``wrk`` then posts
@@ -41,22 +42,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import web
 
 from tests.fakes import FakeExecutor
-from triggerd.engine import Engine
 from triggerd.intake import signatures
 from triggerd.logs import LogStore
-from triggerd.server import LOG_FORMAT, RouteAccessLogger, settle_heap
+from triggerd.server import LOG_FORMAT, RouteAccessLogger, build_components, settle_heap
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
-from triggerd.store.sqlite import SqliteStore
-from triggerd.web import webhooks
-from triggerd.web.app import make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = ROOT / "tests" / "intake" / "data" / "github" / "push-branch-created.json"
@@ -125,13 +122,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
-
-
-class UnscheduledEngine(Engine):
-    """The real engine whose scheduler is never woken: builds are stored and stay New."""
-
-    def wake(self) -> None:
-        pass
 
 
 def free_port() -> int:
@@ -310,14 +300,13 @@ async def round_triggerd(
 ) -> tuple[Result, int]:
     data_dir = Path(tempfile.mkdtemp(prefix="triggerd-", dir=work))
     settings = Settings(data_dir=data_dir, api_tokens=("bench-token",), max_concurrent_builds=1)
-    logs = LogStore(data_dir / "logs")
-    engine = (Engine if scheduler else UnscheduledEngine)(
-        settings=settings,
-        store=SqliteStore(data_dir / "triggerd.db"),
-        executor=FakeExecutor(logs),
-        logs=logs,
-    )
-    app = make_app(engine, logs, settings, extra_routes=webhooks.ROUTES)
+    # Wired exactly as `triggerd serve` wires it (image change runtime included), except
+    # that builds "run" in the fake executor, so buildah never runs.
+    engine, app = build_components(settings)
+    engine.executor = FakeExecutor(cast(LogStore, engine.logs))
+    if not scheduler:
+        engine.wake = lambda: None  # type: ignore[method-assign]
+        engine._wake_for_queued = lambda: None  # type: ignore[method-assign]
     port = free_port()
     with logging_to(data_dir / "triggerd.log"):
         runner = await serve_as_triggerd(app, port)  # starts the engine

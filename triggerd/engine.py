@@ -56,7 +56,11 @@ class ImageChangeHooks(Protocol):
     async def build_finished(self, build: Build) -> None: ...
 
     async def resolve_request(
-        self, namespace: str, name: str, request: requests.BuildRequest
+        self,
+        namespace: str,
+        name: str,
+        request: requests.BuildRequest,
+        config: buildconfigs.BuildConfig | None = None,
     ) -> requests.BuildRequest: ...
 
     async def status_entries(self, config: buildconfigs.BuildConfig) -> list[dict[str, Any]]: ...
@@ -112,6 +116,9 @@ class StartRequest:
     #: create the build only if it gets this number (the store numbers atomically), else
     #: Conflict: a config's first build is started once however many callers try
     expect_number: int | None = None
+    #: the config as the caller found it (a webhook, in the repository index), so that
+    #: resolving the request reads no store; the store still numbers from its own copy
+    config: buildconfigs.BuildConfig | None = None
 
 
 class AlreadyBuilt(Conflict):
@@ -635,7 +642,7 @@ class Engine:
                 replace(
                     s,
                     request=await self.image_change.resolve_request(
-                        s.namespace, s.config_name, s.request
+                        s.namespace, s.config_name, s.request, s.config
                     ),
                 )
                 for s in starts

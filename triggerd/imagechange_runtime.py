@@ -383,7 +383,11 @@ class ImageChangeRuntime:
         await self.record_stream_image(namespace, stream, tag, digest, f"{image}@{digest}", None)
 
     async def resolve_request(
-        self, namespace: str, name: str, request: requests.BuildRequest
+        self,
+        namespace: str,
+        name: str,
+        request: requests.BuildRequest,
+        config: buildconfigs.BuildConfig | None = None,
     ) -> requests.BuildRequest:
         """Resolve what a new build of ``name`` uses, as OpenShift does at instantiation.
 
@@ -392,9 +396,12 @@ class ImageChangeRuntime:
         ImageStreamTag output must name an existing stream (OpenShift's
         InvalidOutputReference). A build not started by an image change records what every
         ImageChange trigger resolves to now, so that image does not start another build.
+        ``config`` is the caller's copy when it has one (a webhook's, from the repository
+        index): reading it from the store again would cost every delivery a store read.
         """
         await self._ensure_open()
-        config = await self.engine.store.get_buildconfig(namespace, name)
+        if config is None:
+            config = await self.engine.store.get_buildconfig(namespace, name)
         await self._check_output(config)
         ref, path = imagechange.strategy_from(config)
         pinned: str | None = None

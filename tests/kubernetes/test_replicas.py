@@ -483,7 +483,11 @@ class RefusingHooks:
         return None
 
     async def resolve_request(
-        self, namespace: str, name: str, request: requests.BuildRequest
+        self,
+        namespace: str,
+        name: str,
+        request: requests.BuildRequest,
+        config: buildconfigs.BuildConfig | None = None,
     ) -> requests.BuildRequest:
         return request
 

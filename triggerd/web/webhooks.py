@@ -296,6 +296,7 @@ def _plan_push(
                     namespace=config.namespace,
                     config_name=config.name,
                     request=matching.push_request(push, trigger_type),
+                    config=config,
                 )
             )
             return
@@ -334,6 +335,7 @@ def _plan_generic(
             namespace=config.namespace,
             config_name=config.name,
             request=matching.generic_request(event, hook, verdict.revision),
+            config=config,
         )
     )
 
