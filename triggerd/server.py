@@ -118,7 +118,11 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
         from triggerd.executors.kubernetes import KubernetesExecutor
 
         executor = KubernetesExecutor(
-            kube_client, settings.kubernetes, logs, owner_builds=settings.store == "kubernetes"
+            kube_client,
+            settings.kubernetes,
+            logs,
+            owner_builds=settings.store == "kubernetes",
+            layer_cache_registry=settings.layer_cache_registry,
         )
     else:
         from triggerd.executors.local import LocalExecutor

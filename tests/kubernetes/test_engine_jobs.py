@@ -20,6 +20,7 @@ from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.kubernetes.test_executor import COMMIT
 from tests.support.processes import async_wait_for
 from triggerd.engine import Engine
+from triggerd.executors.kubernetes import KubernetesExecutor
 from triggerd.kube import KubernetesSettings
 from triggerd.planning import jobs
 from triggerd.server import build_components
@@ -233,3 +234,18 @@ async def test_cancel_over_the_api_deletes_the_job_in_the_background(
     await async_wait_for(cancelled, timeout=10, what="Cancelled")
     assert (JOBS, job_name, "Background") in apiserver.calls.deletes
     await async_wait_for(lambda: not cluster.pod_names(job_name), timeout=5, what="pod gone")
+
+
+def test_triggerd_serve_gives_the_job_executor_the_layer_cache_setting(
+    kube_settings: KubernetesSettings, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        executor="kubernetes",
+        kubernetes=kube_settings,
+        api_tokens=(TOKEN,),
+        layer_cache_registry="cache.example.com/triggerd",
+    )
+    engine, _ = build_components(settings)
+    assert isinstance(engine.executor, KubernetesExecutor)
+    assert engine.executor.layer_cache_registry == "cache.example.com/triggerd"
