@@ -551,6 +551,10 @@ def build_status() -> Schema:
             "duration": integer(
                 description="Nanoseconds (Go time.Duration), as OpenShift stores it."
             ),
+            "durationText": string(
+                description="status.duration in Go's form (1m2s), written by triggerd for "
+                "kubectl's Duration column; not part of OpenShift's Build."
+            ),
             "logSnippet": string(),
             "message": string(),
             "output": obj({"to": obj({"imageDigest": string()})}),
@@ -655,14 +659,15 @@ def build_crd() -> Schema:
         kind="Build",
         plural="builds",
         short_name="build",
-        # kubectl cannot compute a duration from two timestamps: Started and Completed show
-        # as ages; status.duration (nanoseconds, OpenShift's unit) is in `-o wide`.
+        # kubectl cannot format status.duration (nanoseconds, OpenShift's unit, in
+        # `-o wide`): Duration shows the readable copy triggerd writes beside it.
         columns=[
             column("Type", "string", ".spec.strategy.type"),
             column("Status", "string", ".status.phase"),
             column("Started", "date", ".status.startTimestamp"),
-            column("Completed", "date", ".status.completionTimestamp"),
+            column("Duration", "string", ".status.durationText"),
             column("Digest", "string", ".status.output.to.imageDigest"),
+            column("Completed", "date", ".status.completionTimestamp", priority=1),
             column("Reason", "string", ".status.reason", priority=1),
             column(
                 "Duration-ns",

@@ -35,6 +35,7 @@ from triggerd.store.kubernetes import (
     build_to_resource,
     config_from_resource,
     config_to_resource,
+    readable_duration,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -494,7 +495,7 @@ def test_kubectl_get_builds_shows_type_status_times_and_digest() -> None:
         "Type": ".spec.strategy.type",
         "Status": ".status.phase",
         "Started": ".status.startTimestamp",
-        "Completed": ".status.completionTimestamp",
+        "Duration": ".status.durationText",
         "Digest": ".status.output.to.imageDigest",
     }
     build = build_to_resource(lived(factories.build("app", 1), Phase.COMPLETE))
@@ -503,6 +504,13 @@ def test_kubectl_get_builds_shows_type_status_times_and_digest() -> None:
         "Type": "Docker",
         "Status": "Complete",
         "Started": "2026-01-01T00:00:02Z",
-        "Completed": "2026-01-01T00:01:01Z",
+        "Duration": "59s",
         "Digest": DIGEST,
     }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (59, "59s"), (60, "1m0s"), (3723, "1h2m3s")]
+)
+def test_the_duration_column_reads_as_go_durations(seconds: int, text: str) -> None:
+    assert readable_duration(seconds * 1_000_000_000 + 999_999_999) == text

@@ -682,7 +682,25 @@ def _config_or_none(doc: Mapping[str, Any]) -> BuildConfig | None:
 def build_to_resource(build: Build) -> dict[str, Any]:
     doc = build.to_dict()
     doc["apiVersion"] = GROUP_VERSION
+    duration = build.status.duration_ns
+    if duration is not None:
+        # kubectl's printer columns cannot format status.duration (nanoseconds, as
+        # OpenShift stores it): `kubectl get builds` shows this readable copy instead.
+        # Reading a Build ignores it; every write computes it again.
+        doc.setdefault("status", {})["durationText"] = readable_duration(duration)
     return doc
+
+
+def readable_duration(nanoseconds: int) -> str:
+    """Go's time.Duration form, to whole seconds: ``45s``, ``3m20s``, ``1h2m0s``."""
+    seconds = max(0, nanoseconds) // 1_000_000_000
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
 
 
 def build_from_resource(doc: Mapping[str, Any]) -> Build:
