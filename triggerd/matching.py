@@ -226,13 +226,7 @@ def evaluate_generic(
     """
     if config.paused:
         return GenericVerdict(accepted=False, reason=f"buildconfig {config.name} is paused")
-    primary = events.GenericRevision(
-        ref=event.ref,
-        commit=event.commit,
-        author=event.author,
-        committer=event.committer,
-        message=event.message,
-    )
+    primary = _payload_revision(event)
     candidates = event.refs or ((primary,) if event.ref else ())
     if not candidates:
         chosen = primary
@@ -261,6 +255,17 @@ def evaluate_generic(
                 accepted=False, reason=f"author {person.name} is in ignoreAuthors"
             )
     return GenericVerdict(accepted=True, revision=chosen)
+
+
+def _payload_revision(event: events.GenericTrigger) -> events.GenericRevision:
+    """The revision the payload's ``git`` names (or its first ``refs[]`` entry)."""
+    return events.GenericRevision(
+        ref=event.ref,
+        commit=event.commit,
+        author=event.author,
+        committer=event.committer,
+        message=event.message,
+    )
 
 
 def _generic_ref_refusal(
@@ -338,13 +343,7 @@ def generic_request(
     ``chosen`` is the revision :func:`evaluate_generic` picked (default: the payload's git).
     """
     if chosen is None:
-        chosen = events.GenericRevision(
-            ref=event.ref,
-            commit=event.commit,
-            author=event.author,
-            committer=event.committer,
-            message=event.message,
-        )
+        chosen = _payload_revision(event)
     revision = None
     if chosen.commit or chosen.message or chosen.author:
         revision = specs.SourceRevision(
