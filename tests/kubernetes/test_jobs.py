@@ -15,7 +15,15 @@ from triggerd.executors.base import Cancelled, Failed, Succeeded
 from triggerd.model import buildconfigs, requests
 from triggerd.model.builds import Build, Reason, StageName
 from triggerd.planning import buildah, jobs
-from triggerd.planning.plan import Capture, Command, CopyInto, Plan, RunInImage
+from triggerd.planning.plan import (
+    Capture,
+    Command,
+    CopyInto,
+    InWorkspace,
+    MergeAuthFiles,
+    Plan,
+    RunInImage,
+)
 
 #: The oldest Kubernetes the manifests must be valid for (podFailurePolicy is on by default).
 K8S_VERSION = "1.30.0"
@@ -527,64 +535,102 @@ def test_the_layer_cache_repository_comes_from_the_setting_or_the_config() -> No
 
 def test_the_cache_is_pushed_with_the_push_secret_not_the_pull_secret() -> None:
     """buildah build takes one --authfile for its pulls and its --cache-to push: with a
-    pull secret that file would push the cache with pull credentials. The build pod
-    merges the two, the push secret's entry under the cache repository's key."""
+    pull secret that file would push the cache with pull credentials. The build pod's plan
+    merges the two — the host executor's MergeAuthFiles step, the one mechanism: the pull
+    secret's auths, and the push secret's entry under the cache repository's key."""
     build = make_build(**FULL_SPEC)  # a pull secret and a push secret
     job, plan = render(build, options(layer_cache_registry="registry.example.com/cache"))
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     annotations = job["spec"]["template"]["metadata"]["annotations"]
     build_plan = Plan.from_dict(json.loads(annotations[jobs.BUILD_PLAN_ANNOTATION]))
     argv = build_argv(build_plan)
-    assert argv[argv.index("--authfile") + 1] == jobs.CACHE_AUTH_FILE
+    assert argv[argv.index("--authfile") + 1] == InWorkspace(path=buildah.BUILD_AUTH_FILE)
     index = next(i for i, s in enumerate(build_plan.steps)
                  if isinstance(s.action, Command) and s.action.argv == argv)  # fmt: skip
     merge = build_plan.steps[index - 1].action
-    assert isinstance(merge, Command) and merge.argv[:2] == ("python", "-c")
-    assert merge.argv[3:] == (
-        f"{jobs.PUSH_SECRET_DIR}/{jobs.AUTH_FILE}",
-        f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}",
-        "registry.example.com/cache/triggerd/app",
-        jobs.CACHE_AUTH_FILE,
-    )
-    # the fallback (the same build without the cache) keeps pulling with the pull secret
+    assert merge == MergeAuthFiles(
+        output=buildah.BUILD_AUTH_FILE,
+        files=(f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}",),
+        scoped=((f"{jobs.PUSH_SECRET_DIR}/{jobs.AUTH_FILE}",
+                 "registry.example.com/cache/triggerd/app"),),
+    )  # fmt: skip
+    # Exactly one merge, in the build container's plan (the fetch plan has no credentials).
+    assert [type(s.action) for s in build_plan.steps].count(MergeAuthFiles) == 1
+    assert not any(isinstance(s.action, Command) and s.action.argv[:1] == ("python",)
+                   for s in build_plan.steps)  # fmt: skip
+    # the fallback (the same build without the cache) pulls with the same merged file: the
+    # pull secret's auths, the push credentials only under the unused cache repository
     command = build_plan.steps[index].action
-    assert isinstance(command, Command)
-    assert command.fallback[command.fallback.index("--authfile") + 1] == (
-        f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}"
+    assert isinstance(command, Command) and "--cache-to" not in command.fallback
+    assert command.fallback[command.fallback.index("--authfile") + 1] == InWorkspace(
+        path=buildah.BUILD_AUTH_FILE
     )
     # without a pull secret the push secret (REGISTRY_AUTH_FILE) serves both already
     plain = make_build(output=FULL_SPEC["output"])
     _, plan = render(plain, options(layer_cache_registry="registry.example.com/cache"))
     assert "--authfile" not in build_argv(plan)
-    assert not any(isinstance(s.action, Command) and s.action.argv[:1] == ("python",)
-                   for s in plan.steps)  # fmt: skip
+    assert not any(isinstance(s.action, MergeAuthFiles) for s in plan.steps)
 
 
-def test_the_merge_script_gives_the_cache_repository_the_push_credentials(tmp_path: Any) -> None:
-    import subprocess
-    import sys
+SOURCE_STRATEGY: dict[str, Any] = {
+    "type": "Source",
+    "sourceStrategy": {
+        "from": {"kind": "DockerImage", "name": "registry.example.com/s2i/python:3"},
+        "pullSecret": {"name": "builder-pull"},
+    },
+}
+CUSTOM_STRATEGY: dict[str, Any] = {
+    "type": "Custom",
+    "customStrategy": {
+        "from": {"kind": "DockerImage", "name": "registry.example.com/builders/custom:1"},
+        "pullSecret": {"name": "builder-pull"},
+    },
+}
 
-    push, pull, out = tmp_path / "push.json", tmp_path / "pull.json", tmp_path / "out.json"
-    push.write_text(json.dumps({"auths": {
-        "https://registry.example.com/v1/": {"auth": "cHVzaA=="},
-        "other.example.com": {"auth": "b3RoZXI="},
-    }}))  # fmt: skip
-    pull.write_text(json.dumps({"auths": {
-        "registry.example.com": {"auth": "cHVsbA=="},
-        "docker.io": {"auth": "aHVi"},
-    }}))  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", jobs.MERGE_AUTH_SCRIPT, str(push), str(pull),
-         "registry.example.com/cache/app", str(out)],
-        capture_output=True, text=True, timeout=30, check=False,
+
+@pytest.mark.parametrize("strategy", [SOURCE_STRATEGY, CUSTOM_STRATEGY], ids=["source", "custom"])
+def test_source_and_custom_builder_images_are_pulled_with_their_pull_secret(
+    strategy: dict[str, Any],
+) -> None:
+    build = make_build(strategy=strategy, output=FULL_SPEC["output"])
+    job, plan = render(build, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pull_file = f"{jobs.PULL_SECRET_DIR}/{jobs.AUTH_FILE}"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["pull-secret"]["secret"]["secretName"] == "builder-pull"
+    assert mounts_of(containers(job)["build"])[jobs.PULL_SECRET_DIR] == "pull-secret"
+    assert jobs.PULL_SECRET_DIR not in mounts_of(containers(job)["fetch"])
+    builder = strategy[next(k for k in strategy if k != "type")]["from"]["name"]
+    [pull] = [s.action.argv for s in plan.steps
+              if isinstance(s.action, Command) and "pull" in s.action.argv]  # fmt: skip
+    assert pull[-1] == builder and pull[pull.index("--authfile") + 1] == pull_file
+    if strategy is CUSTOM_STRATEGY:
+        # and handed to the custom builder as OpenShift does (PULL_DOCKERCFG_PATH)
+        run = next(s.action for s in plan.steps if isinstance(s.action, RunInImage))
+        assert (pull_file, f"{buildah.PULL_DOCKERCFG_DIR}/.dockerconfigjson") in run.mounts
+        assert ("PULL_DOCKERCFG_PATH", buildah.PULL_DOCKERCFG_DIR) in run.env
+
+
+def test_a_custom_build_gets_its_source_secret() -> None:
+    """A custom builder fetches by itself: the source secret is mounted into the build
+    container for it (SOURCE_SECRET_PATH), not into the init container, which fetches
+    nothing for it; before, such a Job was refused as "source secret … was not provided"."""
+    build = make_build(
+        source={"type": "Git", "git": {"uri": "git@git.example.com:team/app.git"},
+                "sourceSecret": {"name": "git-ssh"}},
+        strategy=CUSTOM_STRATEGY,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert json.loads(out.read_text()) == {"auths": {
-        "registry.example.com": {"auth": "cHVsbA=="},
-        "docker.io": {"auth": "aHVi"},
-        "registry.example.com/cache/app": {"auth": "cHVzaA=="},
-    }}  # fmt: skip
-    assert out.stat().st_mode & 0o777 == 0o600
+    job, plan = render(build, options())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    directory = f"{jobs.INPUT_SECRETS_DIR}/git-ssh"
+    build_mounts, fetch = mounts_of(containers(job)["build"]), mounts_of(containers(job)["fetch"])
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[build_mounts[directory]]["secret"]["secretName"] == "git-ssh"
+    assert directory not in fetch and jobs.SOURCE_SECRET_DIR not in fetch
+    assert "source-secret" not in volumes
+    run = next(s.action for s in plan.steps if isinstance(s.action, RunInImage))
+    assert (directory, buildah.SOURCE_SECRET_DIR) in run.mounts
+    assert ("SOURCE_SECRET_PATH", buildah.SOURCE_SECRET_DIR) in run.env
 
 
 # Reading pods and Jobs --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.executors.test_runner import kubelet_volume
+from tests.strategies.conftest import custom_builder_image  # noqa: F401 (fixture)
 from tests.support.gitrepo import GitRepoFactory
 from tests.support.registry import Registry, RegistryFactory
 from triggerd.executors.base import Failed, Succeeded
@@ -37,6 +39,13 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_plan(plan_json: str, plan_dir: Path, name: str, workspace: Path, result: Path) -> int:
+    return run_plan_logged(plan_json, plan_dir, name, workspace, result)[0]
+
+
+def run_plan_logged(
+    plan_json: str, plan_dir: Path, name: str, workspace: Path, result: Path
+) -> tuple[int, str]:
+    """Run one container's plan as the pod does: (exit code, its log)."""
     path = plan_dir / name
     path.write_text(plan_json, encoding="utf-8")
     done = subprocess.run(
@@ -48,7 +57,7 @@ def run_plan(plan_json: str, plan_dir: Path, name: str, workspace: Path, result:
         timeout=300,
         check=False,
     )  # fmt: skip
-    return done.returncode
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
 
 
 def pod_status(fetch_exit: int, fetch_message: str, build_exit: int | None, build_message: str
@@ -210,7 +219,8 @@ def test_the_layer_cache_is_pushed_with_the_push_secret_beside_a_pull_secret(
     layer cache in one only the push secret opens: buildah build (one --authfile for
     both) pulls with the one and pushes the cache with the other — the cache repository
     has the cache afterwards, which a cache push with the pull credentials never makes
-    (buildah would then build again without the cache, and succeed all the same)."""
+    (buildah would then build again without the cache, and succeed all the same). The
+    merge is the plan's MergeAuthFiles step, run by the real runner as on the host."""
     private = registry_factory(htpasswd={"puller": "correct-horse"})
     target = registry_factory(htpasswd={"pusher": "battery-staple"})
     base = private.ref("base/busybox", "latest")
@@ -262,10 +272,8 @@ def test_the_layer_cache_is_pushed_with_the_push_secret_beside_a_pull_secret(
     kubelet_volume(pull_dir, {jobs.AUTH_FILE: auth(private.host, "puller", "correct-horse")})
 
     def relocated(plan_json: str) -> str:
-        return (
-            plan_json.replace(jobs.PUSH_SECRET_DIR, str(push_dir))
-            .replace(jobs.PULL_SECRET_DIR, str(pull_dir))
-            .replace(jobs.CACHE_AUTH_FILE, str(tmp_path / "build-auth.json"))
+        return plan_json.replace(jobs.PUSH_SECRET_DIR, str(push_dir)).replace(
+            jobs.PULL_SECRET_DIR, str(pull_dir)
         )
 
     workspace = tmp_path / "workspace"
@@ -277,7 +285,87 @@ def test_the_layer_cache_is_pushed_with_the_push_secret_beside_a_pull_secret(
     build_exit = run_plan(relocated(annotations[jobs.BUILD_PLAN_ANNOTATION]), tmp_path,
                           "build.json", workspace, build_result)  # fmt: skip
     assert build_exit == 0, build_result.read_text()
+    assert (workspace / buildah.BUILD_AUTH_FILE).stat().st_mode & 0o777 == 0o600
     assert target.head_digest("team/app", "v1") is not None
     tags = target.request("GET", "/v2/cache/triggerd/cached/tags/list")
     assert tags.status == 200, tags.body
     assert json.loads(tags.body)["tags"], "the layer cache was not pushed"
+
+
+def test_a_custom_builds_job_pulls_its_builder_with_the_pull_secret_and_mounts_the_source_secret(
+    tmp_path: Path,
+    storage: Path,
+    registry: Registry,
+    registry_factory: RegistryFactory,
+    custom_builder_image: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """customStrategy.pullSecret opens the registry the builder image is in, and the
+    builder finds the source secret at SOURCE_SECRET_PATH: the Job's plans, run for real
+    from the Secret volumes as the kubelet lays them out (before, the source secret was
+    never given to a Job's custom builder and the builder image was pulled anonymously)."""
+    private = registry_factory(htpasswd={"puller": "correct-horse"})
+    builder = private.ref("builders/custom", "v1")
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+         "--dest-creds", "puller:correct-horse", f"docker://{custom_builder_image}",
+         f"docker://{builder}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    password = "git-pa55word-for-the-job"
+    output = registry.ref("k8s-custom", "v1")
+    build = builds.from_dict(
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": "custom-1", "namespace": "triggerd", "uid": "u4"},
+            "spec": {
+                "source": {"type": "Git", "git": {"uri": "https://git.example.com/app.git",
+                                                  "ref": "dev"},
+                           "sourceSecret": {"name": "git-basic"}},
+                "strategy": {"type": "Custom", "customStrategy": {
+                    "from": {"kind": "DockerImage", "name": builder},
+                    "pullSecret": {"name": "builder-pull"},
+                }},
+                "output": {"to": {"kind": "DockerImage", "name": output}},
+            },
+        }
+    )  # fmt: skip
+    options = jobs.JobOptions(
+        namespace="triggerd",
+        image="unused",
+        insecure_registries=frozenset({registry.host, private.host}),
+    )
+    ctx = dataclasses.replace(
+        jobs.plan_context(build, options),
+        root=str(storage / "storage"),
+        runroot=str(storage / "run"),
+    )
+    job = jobs.render_job(build, buildah.render(build, ctx), options)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    token = base64.b64encode(b"puller:correct-horse").decode()
+    pull_dir, secrets = tmp_path / "pull", tmp_path / "secrets"
+    kubelet_volume(
+        pull_dir, {jobs.AUTH_FILE: json.dumps({"auths": {private.host: {"auth": token}}})}
+    )
+    kubelet_volume(secrets / "git-basic", {"username": "bot", "password": password})
+
+    def relocated(plan_json: str) -> str:
+        return plan_json.replace(jobs.PULL_SECRET_DIR, str(pull_dir)).replace(
+            jobs.INPUT_SECRETS_DIR, str(secrets)
+        )
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    fetch_result, build_result = tmp_path / "fetch-termination", tmp_path / "build-termination"
+    fetch_exit = run_plan(relocated(annotations[jobs.FETCH_PLAN_ANNOTATION]), tmp_path,
+                          "fetch.json", workspace, fetch_result)  # fmt: skip
+    assert fetch_exit == 0, fetch_result.read_text()
+    build_exit, log = run_plan_logged(relocated(annotations[jobs.BUILD_PLAN_ANNOTATION]),
+                                      tmp_path, "build.json", workspace, build_result)  # fmt: skip
+    assert build_exit == 0, log + build_result.read_text()
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    source_dir = buildah.SOURCE_SECRET_DIR
+    assert f"custom: SOURCE_SECRET_PATH={source_dir}\n" in log
+    assert f"custom: read {source_dir}/password sha256={digest}" in log
+    assert password not in log
+    assert f"custom: pushed {output}" in log

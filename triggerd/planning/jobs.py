@@ -91,9 +91,6 @@ INPUT_CONFIG_MAPS_DIR: Final = "/var/run/configmaps/triggerd/inputs"
 #: The pod's own emptyDir (the root filesystem is read-only), not the host's /tmp.
 POD_TMP: Final = "/tmp"  # noqa: S108
 AUTH_FILE: Final = "config.json"
-#: The pull secret's auths plus the push secret's for the layer cache repository, in the
-#: pod's own tmp (``buildah build`` takes one auth file for its pulls and --cache-to).
-CACHE_AUTH_FILE: Final = "/tmp/build-auth.json"  # noqa: S108 - the pod's emptyDir
 SSH_KEY_FILE: Final = "ssh-privatekey"
 #: Keys of a kubernetes.io/basic-auth source secret.
 BASIC_USERNAME_FILE: Final = "username"
@@ -178,14 +175,17 @@ def label_value(text: str) -> str:
 
 def input_names(build: Build) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The Secrets and ConfigMaps (sorted names) the build reads besides its credentials:
-    source.secrets/configMaps, dockerStrategy.volumes and customStrategy.secrets, the same
-    ones the host executor resolves from its settings."""
+    source.secrets/configMaps, dockerStrategy.volumes, customStrategy.secrets and a custom
+    build's source secret, the same ones the host executor resolves from its settings."""
     source = build.spec.source
     strategy = build.spec.strategy
     secrets = {item.name for item in source.secrets}
     config_maps = {item.name for item in source.config_maps}
     if strategy.custom is not None:
         secrets |= {mount.name for mount in strategy.custom.secrets}
+        if source.source_secret:
+            # A custom builder fetches by itself: it gets the source secret's files.
+            secrets.add(source.source_secret)
     for volume in strategy.docker.volumes if strategy.docker is not None else ():
         if volume.source_type is VolumeSourceType.SECRET:
             secrets.add(volume.source_name)
@@ -241,22 +241,37 @@ def cache_repository(build: Build, layer_cache_registry: str | None) -> str | No
     return ref.name
 
 
+def pull_secret(build: Build) -> str | None:
+    """The strategy's pull secret (dockerStrategy, sourceStrategy or customStrategy)."""
+    strategy = build.spec.strategy
+    chosen = strategy.docker or strategy.source or strategy.custom
+    return chosen.pull_secret if chosen is not None else None
+
+
+def _git_secret(build: Build) -> bool:
+    """Whether the init container fetches with the source secret (a custom builder
+    fetches by itself and gets the secret as one of its inputs instead)."""
+    source = build.spec.source
+    return bool(
+        source.source_secret and source.git is not None and build.spec.strategy.custom is None
+    )
+
+
 def plan_context(build: Build, options: JobOptions) -> PlanContext:
     """The PlanContext for a build pod: the paths the pod spec below mounts."""
     output = build.spec.output
-    docker = build.spec.strategy.docker
     secrets, config_maps = input_names(build)
-    git_secret = bool(build.spec.source.source_secret and build.spec.source.git is not None)
+    git_secret = _git_secret(build)
+    push_auth = f"{PUSH_SECRET_DIR}/{AUTH_FILE}" if output.push_secret else None
+    pull_auth = f"{PULL_SECRET_DIR}/{AUTH_FILE}" if pull_secret(build) else None
     return PlanContext(
         storage_driver="vfs",
         root=STORAGE_ROOT,
         runroot=STORAGE_RUNROOT,
         isolation="chroot",
         insecure_registries=options.insecure_registries,
-        push_auth_file=f"{PUSH_SECRET_DIR}/{AUTH_FILE}" if output.push_secret else None,
-        pull_auth_file=(
-            f"{PULL_SECRET_DIR}/{AUTH_FILE}" if docker is not None and docker.pull_secret else None
-        ),
+        push_auth_file=push_auth,
+        pull_auth_file=pull_auth,
         # Both ways: an ssh-auth secret has the key file, a basic-auth one the two files
         # the helper reads; which keys it has is only known where it is mounted.
         git_ssh_key_file=f"{SOURCE_SECRET_DIR}/{SSH_KEY_FILE}" if git_secret else None,
@@ -268,6 +283,11 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
         config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
         cache_repository=cache_repository(build, options.layer_cache_registry),
+        # buildah build takes one --authfile for its pulls and its --cache-to push: with a
+        # pull secret, the plan merges the push credentials in for the cache repository
+        # (as on the host). Without one there is no --authfile, and REGISTRY_AUTH_FILE —
+        # the push secret — serves the pulls and the cache push already.
+        cache_auth_file=push_auth if pull_auth else None,
     )
 
 
@@ -308,10 +328,6 @@ def split_plan(plan: Plan) -> SplitPlan:
 def render_job(build: Build, plan: Plan, options: JobOptions) -> dict[str, Any]:
     """The batch/v1 Job that runs ``plan`` (rendered with :func:`plan_context`)."""
     parts = split_plan(plan)
-    if build.spec.output.push_secret:
-        parts = dataclasses.replace(
-            parts, build=cache_credentials(parts.build, f"{PUSH_SECRET_DIR}/{AUTH_FILE}")
-        )
     job_name = name_job(build.namespace, build.name)
     labels = {
         BUILD_NAME_LABEL: label_value(build.name),
@@ -470,7 +486,7 @@ def _fetch_container(
     build: Build, options: JobOptions, input_mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
     mounts = _common_mounts() + input_mounts
-    if build.spec.source.source_secret and build.spec.source.git is not None:
+    if _git_secret(build):
         mounts.append({"name": "source-secret", "mountPath": SOURCE_SECRET_DIR, "readOnly": True})
     return {
         "name": FETCH_CONTAINER,
@@ -506,8 +522,7 @@ def _build_container(
     if build.spec.output.push_secret:
         env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{PUSH_SECRET_DIR}/{AUTH_FILE}"})
         mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
-    docker = build.spec.strategy.docker
-    if docker is not None and docker.pull_secret:
+    if pull_secret(build):
         mounts.append({"name": "pull-secret", "mountPath": PULL_SECRET_DIR, "readOnly": True})
     for index, name in enumerate(image_pull_secrets(build)):
         mounts.append(
@@ -582,72 +597,6 @@ def build_resources(build: Build, options: JobOptions) -> dict[str, Any]:
     return out
 
 
-#: Run in the build container before ``buildah build``: the pull secret's auths, plus the
-#: push secret's entry for the cache repository's registry stored under the repository
-#: itself (containers-auth.json takes the most specific key: the cache push then uses the
-#: push credentials, every pull the pull secret's). Arguments: push file, pull file, cache
-#: repository, output file. Only paths are in the plan, never a credential.
-MERGE_AUTH_SCRIPT: Final = """\
-import json, os, sys
-push, pull, repo, out = sys.argv[1:5]
-def auths(path):
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    found = doc.get("auths") if isinstance(doc, dict) else None
-    return found if isinstance(found, dict) else {}
-def scope(key):
-    key = key.split("://", 1)[-1].rstrip("/")
-    for suffix in ("/v1", "/v2"):
-        if key.endswith(suffix):
-            key = key[: -len(suffix)]
-    first, _, rest = key.partition("/")
-    if first in ("index.docker.io", "registry-1.docker.io"):
-        first = "docker.io"
-    return first + ("/" + rest if rest else "")
-merged = dict(auths(pull))
-best = None
-for key, value in auths(push).items():
-    where = scope(key)
-    if repo == where or repo.startswith(where + "/"):
-        if best is None or len(where) > len(best[0]):
-            best = (where, value)
-if best is not None:
-    merged[repo] = best[1]
-fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w", encoding="utf-8") as f:
-    json.dump({"auths": merged}, f)
-"""
-
-
-def cache_credentials(plan: Plan, push_auth_file: str) -> Plan:
-    """Give ``buildah build``'s --cache-to push the push credentials.
-
-    A build that pulls with a pull secret passes it as ``--authfile``, which buildah also
-    uses to push the layer cache: the cache would be pushed with the pull credentials (and
-    without the pull secret, REGISTRY_AUTH_FILE — the push secret — serves both already).
-    Such a command gets a merged auth file written by a step just before it; its fallback
-    (the same build without the cache) keeps the pull secret."""
-    steps: list[Step] = []
-    for step in plan.steps:
-        action = step.action
-        if isinstance(action, Command) and "--cache-to" in action.argv:
-            argv = list(action.argv)
-            at = argv.index("--authfile") + 1 if "--authfile" in argv else 0
-            pull, cache = (argv[at] if at else None), argv[argv.index("--cache-to") + 1]
-            if isinstance(pull, str) and isinstance(cache, str):
-                argv[at] = CACHE_AUTH_FILE
-                merge = Command(
-                    argv=("python", "-c", MERGE_AUTH_SCRIPT, push_auth_file, pull, cache,
-                          CACHE_AUTH_FILE),
-                )  # fmt: skip
-                steps.append(dataclasses.replace(step, action=merge))
-                step = dataclasses.replace(
-                    step, action=dataclasses.replace(action, argv=tuple(argv))
-                )
-        steps.append(step)
-    return dataclasses.replace(plan, steps=tuple(steps))
-
-
 def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
     def annotation(path: str, key: str) -> dict[str, Any]:
         return {"path": path, "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
@@ -679,12 +628,12 @@ def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
 
     if build.spec.output.push_secret:
         volumes.append(docker_secret("push-secret", build.spec.output.push_secret))
-    docker = build.spec.strategy.docker
-    if docker is not None and docker.pull_secret:
-        volumes.append(docker_secret("pull-secret", docker.pull_secret))
+    pulls_with = pull_secret(build)
+    if pulls_with:
+        volumes.append(docker_secret("pull-secret", pulls_with))
     for index, name in enumerate(image_pull_secrets(build)):
         volumes.append(docker_secret(f"image-pull-{index}", name))
-    if build.spec.source.source_secret and build.spec.source.git is not None:
+    if _git_secret(build) and build.spec.source.source_secret:
         volumes.append(
             {
                 "name": "source-secret",
