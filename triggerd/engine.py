@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triggerd import lifecycle, manifests, matching, metrics, policies, scheduling
-from triggerd.errors import Conflict, Invalid, NotFound, TemporaryError
+from triggerd.errors import BadRequest, Conflict, Invalid, NotFound, TemporaryError
 from triggerd.executors import base as executors
 from triggerd.model import buildconfigs, builds, requests
 from triggerd.model import meta as metas
@@ -123,6 +123,24 @@ class StartRequest:
 
 class AlreadyBuilt(Conflict):
     """A StartRequest's expected number was taken: someone started that build already."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    """A StartRequest that was not carried out, and why (a binary config without upload)."""
+
+    start: StartRequest
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """What :meth:`Engine.start_builds` did: the store's answer, and the starts skipped."""
+
+    builds: tuple[Build, ...]
+    #: the delivery was seen before: ``builds`` are the ones it created then
+    duplicate: bool = False
+    skipped: tuple[Skipped, ...] = ()
 
 
 class Engine:
@@ -505,11 +523,20 @@ class Engine:
             config_name=config.name,
             request=requests.BuildRequest(triggered_by=(cause,)),
             expect_number=config.last_version + 1,
+            config=config,
         )
         try:
             await self.start_builds([start])
         except AlreadyBuilt:
             log.info("%s/%s: its first build was started already", config.namespace, config.name)
+        except requests.BinaryInputRequired:
+            # A trigger never brings an upload: the first build is the first upload's.
+            log.info(
+                "%s/%s: ConfigChange trigger skipped: the config has binary source, so its "
+                "builds start with instantiatebinary (an upload), not from a trigger",
+                config.namespace,
+                config.name,
+            )
         except Conflict as e:
             # FROM an ImageStreamTag without an image yet: as in OpenShift, the ImageChange
             # trigger starts the first build once the stream has one.
@@ -633,9 +660,43 @@ class Engine:
         return result.builds[0]
 
     async def start_builds(
-        self, starts: Sequence[StartRequest], *, delivery: stores.Delivery | None = None
+        self,
+        starts: Sequence[StartRequest],
+        *,
+        delivery: stores.Delivery | None = None,
+        skip_refused: bool = False,
+    ) -> Started:
+        """Create builds (and record the delivery) durably, then wake the scheduler.
+
+        Every start is first checked against its config (:func:`requests.refusal`: a config
+        with binary source needs an upload), the one check for every way a build starts —
+        REST, webhooks, ConfigChange and ImageChange triggers. A refused start raises
+        :class:`requests.BinaryInputRequired` and creates nothing, or with ``skip_refused``
+        (a webhook delivery naming several configs) is left out and reported in
+        ``skipped``; the rest are created. The store's numbering checks again (the config
+        may change meanwhile), so no build without its upload is ever stored.
+        """
+        checked: list[StartRequest] = []
+        skipped: list[Skipped] = []
+        for s in starts:
+            config = s.config or await self.store.get_buildconfig(s.namespace, s.config_name)
+            reason = requests.refusal(config, s.request)
+            if reason is None:
+                # The config read here spares image change resolution another read.
+                checked.append(s if s.config is not None else replace(s, config=config))
+            elif skip_refused:
+                log.info("%s/%s: not started: %s", s.namespace, s.config_name, reason)
+                skipped.append(Skipped(start=s, reason=reason))
+            else:
+                raise requests.BinaryInputRequired(reason)
+        if not checked:
+            return Started(builds=(), skipped=tuple(skipped))
+        result = await self._start_checked(checked, delivery=delivery)
+        return Started(builds=result.builds, duplicate=result.duplicate, skipped=tuple(skipped))
+
+    async def _start_checked(
+        self, starts: Sequence[StartRequest], *, delivery: stores.Delivery | None
     ) -> stores.Instantiated:
-        """Create builds (and record the delivery) durably, then wake the scheduler."""
         if self.image_change is not None:
             # A config FROM an ImageStreamTag builds on the stream's newest image.
             starts = [
@@ -656,6 +717,46 @@ class Engine:
             )
             for s in starts
         ]
+        return await self._create(new, delivery=delivery)
+
+    async def clone(
+        self, namespace: str, name: str, request: requests.BuildRequest | None = None
+    ) -> Build:
+        """A new build of the same BuildConfig made from build ``name``'s own spec
+        (``oc start-build --from-build``, OpenShift's generator.Clone): the same revision,
+        source, strategy, output, env and build args, and the same upload for a binary
+        build, whatever the config says now. It is numbered from the config like any
+        build, so NotFound when the config is gone (as OpenShift's clone fails then).
+        ``request`` may add env, build args and noCache (Invalid for anything that would
+        change what is built)."""
+        request = request or requests.BuildRequest()
+        requests.check_clone_request(request, name)
+        original = await self.store.get_build(namespace, name)
+        config_name = original.meta.annotations.get(builds.CONFIG_ANNOTATION) or (
+            original.config_name
+        )
+        if not config_name:
+            raise BadRequest(f'build "{name}" was not started from a BuildConfig')
+        refused = requests.missing_binary_input(
+            config_name, original.spec.source, original.meta.annotations
+        )
+        if refused is not None:
+            raise requests.BinaryInputRequired(refused)
+        created = self.clock()
+
+        def make(config: buildconfigs.BuildConfig, number: int) -> Build:
+            return requests.clone(
+                original, config, request, number=number, uid=str(uuid.uuid4()), created=created
+            )
+
+        new = stores.NewBuild(namespace=namespace, config_name=config_name, make=make)
+        result = await self._create([new], delivery=None)
+        return result.builds[0]
+
+    async def _create(
+        self, new: Sequence[stores.NewBuild], *, delivery: stores.Delivery | None
+    ) -> stores.Instantiated:
+        """Store new builds, then what follows a build's creation (supersede, wake)."""
         result = await self.store.instantiate(
             new, delivery=delivery, queue_limit=self.settings.queue_limit
         )

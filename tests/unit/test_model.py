@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ import pytest
 import yaml
 
 from tests.factories import T0, buildconfig, buildconfig_doc
+from triggerd import imagechange
 from triggerd.errors import Invalid
 from triggerd.model import buildconfigs, builds, requests
+from triggerd.store import kubernetes as kubernetes_store
 
 EXPORT = Path(__file__).parents[2] / "config" / "examples" / "openshift-export.yaml"
 
@@ -315,3 +318,159 @@ def test_config_owned_annotations_come_from_the_config_never_from_the_request() 
     plain = requests.instantiate(buildconfig(), request, number=1, uid="u", created=T0)
     assert buildconfigs.PRIVILEGED_ANNOTATION not in plain.meta.annotations
     assert buildconfigs.CACHE_ANNOTATION not in plain.meta.annotations
+
+
+# BuildRequests cannot set triggerd's annotations ------------------------------------------
+
+#: Every annotation triggerd reads from a Build (and the ones it writes there itself).
+INTERPRETED_ANNOTATIONS = (
+    buildconfigs.PRIVILEGED_ANNOTATION,  # planning/jobs.py: a privileged build pod
+    buildconfigs.CACHE_ANNOTATION,  # where the layer cache is pushed, with the push secret
+    builds.BINARY_INPUT_ANNOTATION,  # which stored upload the executor extracts
+    builds.BINARY_AS_FILE_ANNOTATION,
+    imagechange.IMAGE_TRIGGERS_ANNOTATION,  # the images a build recorded (lastTriggered…)
+    kubernetes_store.QUEUED_ANNOTATION,  # the queue order of Build resources
+    builds.NUMBER_ANNOTATION,
+    builds.CONFIG_ANNOTATION,
+    builds.CLONE_ANNOTATION,
+    buildconfigs.PAUSED_ANNOTATION,
+)
+
+
+@pytest.mark.parametrize("key", INTERPRETED_ANNOTATIONS)
+def test_a_build_request_cannot_set_an_annotation_triggerd_reads(key: str) -> None:
+    body = {"metadata": {"annotations": {key: "x", "team.example.com/owner": "ada"}}}
+    with pytest.raises(Invalid) as info:
+        requests.parse(body, "app")
+    assert [c.path for c in info.value.causes] == [f"metadata.annotations.{key}"]
+    assert requests.is_reserved_annotation(key)
+
+
+def test_a_build_request_keeps_its_own_annotations() -> None:
+    body = {"metadata": {"annotations": {"team.example.com/owner": "ada", "note": "n"}}}
+    request = requests.parse(body, "app")
+    build = requests.instantiate(buildconfig(), request, number=1, uid="u", created=T0)
+    assert build.meta.annotations["team.example.com/owner"] == "ada"
+    assert build.meta.annotations["note"] == "n"
+
+
+# Binary configs need an upload ------------------------------------------------------------
+
+
+def binary_config(**annotations: str) -> buildconfigs.BuildConfig:
+    doc = buildconfig_doc("bin", source={"type": "Binary", "binary": {}})
+    if annotations:
+        doc["metadata"]["annotations"] = annotations
+    return buildconfigs.parse(doc)
+
+
+def test_a_binary_config_builds_only_with_an_upload() -> None:
+    config = binary_config()
+    bare = requests.BuildRequest(triggered_by=({"message": "Build configuration change"},))
+    reason = requests.refusal(config, bare)
+    assert reason is not None and "cannot start a binary build without input" in reason
+    assert "instantiatebinary" in reason and "--from-build" in reason
+    with pytest.raises(requests.BinaryInputRequired):
+        requests.instantiate(config, bare, number=1, uid="u", created=T0)
+    upload = requests.BuildRequest(
+        annotations={builds.BINARY_INPUT_ANNOTATION: "sha256:" + "a" * 64}
+    )
+    assert requests.refusal(config, upload) is None
+    build = requests.instantiate(config, upload, number=1, uid="u", created=T0)
+    assert build.meta.annotations[builds.BINARY_INPUT_ANNOTATION] == "sha256:" + "a" * 64
+    # other configs need nothing
+    assert requests.refusal(buildconfig(), bare) is None
+
+
+# Clones -------------------------------------------------------------------------------------
+
+
+def test_a_clone_copies_the_earlier_builds_spec_not_the_configs() -> None:
+    doc = buildconfig_doc(
+        "web",
+        run_policy="Serial",
+        source={"type": "Git", "git": {"uri": "https://git.example.com/a.git", "ref": "main"},
+                "dockerfile": "FROM busybox\nRUN echo one\n"},
+        strategy={"type": "Docker", "dockerStrategy": {
+            "env": [{"name": "MODE", "value": "old"}],
+            "buildArgs": [{"name": "V", "value": "1"}],
+        }},
+    )  # fmt: skip
+    doc["metadata"]["annotations"] = {buildconfigs.CACHE_ANNOTATION: "r.test/cache/one"}
+    first_config = buildconfigs.parse(doc)
+    revision = {"git": {"commit": "0123456789abcdef"}}
+    request = requests.parse(
+        {"metadata": {"labels": {"who": "ada"}, "annotations": {"note": "n"}},
+         "revision": revision},
+        "web",
+    )  # fmt: skip
+    original = requests.instantiate(first_config, request, number=1, uid="u1", created=T0)
+    # The config moves on: other Dockerfile, env, output, policy, cache repository.
+    doc["spec"]["source"]["dockerfile"] = "FROM busybox\nRUN echo two\n"
+    doc["spec"]["strategy"]["dockerStrategy"]["env"] = [{"name": "MODE", "value": "new"}]
+    doc["spec"]["output"] = {"to": {"kind": "DockerImage", "name": "r.test/elsewhere:v2"}}
+    doc["spec"]["runPolicy"] = "Parallel"
+    doc["metadata"]["annotations"] = {buildconfigs.CACHE_ANNOTATION: "r.test/cache/two"}
+    now = buildconfigs.parse(doc)
+    clone = requests.clone(original, now, requests.BuildRequest(), number=4, uid="u4", created=T0)
+    assert clone.name == "web-4" and clone.meta.uid == "u4"
+    assert clone.to_dict()["spec"] == {
+        **original.to_dict()["spec"],
+        "triggeredBy": [{"message": requests.MANUAL_CAUSE}],
+    }
+    assert clone.spec.source.dockerfile == "FROM busybox\nRUN echo one\n"
+    assert clone.spec.revision is not None and clone.spec.revision.commit == "0123456789abcdef"
+    labels, annotations = clone.meta.labels, clone.meta.annotations
+    assert labels["who"] == "ada" and labels[builds.START_POLICY_LABEL] == "Parallel"
+    assert annotations["note"] == "n"
+    assert annotations[builds.CLONE_ANNOTATION] == "web-1"
+    assert annotations[builds.NUMBER_ANNOTATION] == "4"
+    # the config's own switches are the config's now, not the old build's
+    assert annotations[buildconfigs.CACHE_ANNOTATION] == "r.test/cache/two"
+    # env and build args may be added; they go on top of the old build's
+    more = requests.parse(
+        {"env": [{"name": "EXTRA", "value": "x"}],
+         "dockerStrategyOptions": {"buildArgs": [{"name": "V", "value": "2"}]}},
+        "web",
+    )  # fmt: skip
+    added = requests.clone(original, now, more, number=5, uid="u5", created=T0)
+    docker = added.spec.strategy.docker
+    assert docker is not None
+    assert [(e.name, e.value) for e in docker.env] == [("MODE", "old"), ("EXTRA", "x")]
+    assert [(a.name, a.value) for a in docker.build_args] == [("V", "2")]
+    assert added.spec.revision == original.spec.revision
+
+
+def test_a_clone_keeps_the_upload_and_drops_per_run_annotations() -> None:
+    digest = "sha256:" + "b" * 64
+    upload = requests.BuildRequest(
+        annotations={
+            builds.BINARY_INPUT_ANNOTATION: digest,
+            builds.BINARY_AS_FILE_ANNOTATION: "app.jar",
+            imagechange.IMAGE_TRIGGERS_ANNOTATION: '{"k":"img@sha256:1"}',
+        }
+    )
+    original = requests.instantiate(binary_config(), upload, number=1, uid="u", created=T0)
+    clone = requests.clone(original, binary_config(), requests.BuildRequest(), number=2,
+                           uid="u2", created=T0)  # fmt: skip
+    assert clone.meta.annotations[builds.BINARY_INPUT_ANNOTATION] == digest
+    assert clone.meta.annotations[builds.BINARY_AS_FILE_ANNOTATION] == "app.jar"
+    assert imagechange.IMAGE_TRIGGERS_ANNOTATION not in clone.meta.annotations
+    # A binary build without its upload cannot be cloned into one that would fail.
+    bare = dataclasses.replace(original, meta=dataclasses.replace(original.meta, annotations={}))
+    with pytest.raises(requests.BinaryInputRequired):
+        requests.clone(bare, binary_config(), requests.BuildRequest(), number=3, uid="u3",
+                       created=T0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"revision": {"git": {"commit": "abcdef12"}}}, "revision"),
+        ({"from": {"kind": "DockerImage", "name": "busybox:2"}}, "from"),
+    ],
+)
+def test_a_clone_request_cannot_change_what_is_built(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as info:
+        requests.check_clone_request(requests.parse(body, "web-1"), "web-1")
+    assert [c.path for c in info.value.causes] == [field]

@@ -296,5 +296,86 @@ async def test_binary_configs_need_their_input(env: Env) -> None:
     # A request cannot point a clone at another upload.
     body = {**CLONE_REQUEST, "metadata": {"annotations": {archives.INPUT_ANNOTATION: digest}}}
     response = await env.call("POST", "builds/bin-1/clone", json=body)
-    assert response.status == 400
-    assert archives.INPUT_ANNOTATION in (await response.json())["message"]
+    assert response.status == 422
+    causes = (await response.json())["details"]["causes"]
+    assert [c["field"] for c in causes] == [f"metadata.annotations.{archives.INPUT_ANNOTATION}"]
+
+
+async def test_a_clone_is_the_earlier_build_whatever_the_config_says_now(env: Env) -> None:
+    """POST builds/{name}/clone copies the build's own spec (OpenShift's generator.Clone):
+    the Dockerfile, env, build args, output and revision it was built with, not the ones
+    the BuildConfig has by now."""
+    source = {
+        "type": "Git",
+        "git": {"uri": "https://git.example.com/team/app.git", "ref": "main"},
+        "dockerfile": "FROM busybox\nRUN echo one\n",
+    }
+    strategy = {
+        "type": "Docker",
+        "dockerStrategy": {
+            "env": [{"name": "MODE", "value": "one"}],
+            "buildArgs": [{"name": "V", "value": "1"}],
+        },
+    }
+    await env.create_bc(source=source, strategy=strategy)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    original = await env.start(
+        body={"kind": "BuildRequest", "revision": {"git": {"commit": commit}}}
+    )
+    config = await (await env.call("GET", "buildconfigs/app")).json()
+    config["spec"]["source"]["dockerfile"] = "FROM busybox\nRUN echo two\n"
+    config["spec"]["strategy"]["dockerStrategy"]["env"] = [{"name": "MODE", "value": "two"}]
+    config["spec"]["strategy"]["dockerStrategy"]["buildArgs"] = [{"name": "V", "value": "2"}]
+    config["spec"]["output"]["to"]["name"] = "127.0.0.1:5000/team/moved:latest"
+    config["spec"]["runPolicy"] = "Parallel"
+    response = await env.call("PUT", "buildconfigs/app", json=config)
+    assert response.status == 200, await response.text()
+    # A build started now follows the config ...
+    current = await env.start()
+    assert current["spec"]["source"]["dockerfile"] == "FROM busybox\nRUN echo two\n"
+    # ... its clone the build it clones.
+    response = await env.call("POST", "builds/app-1/clone", json=CLONE_REQUEST)
+    assert response.status == 201, await response.text()
+    clone = await response.json()
+    assert clone["metadata"]["name"] == "app-3"
+    for key in ("source", "strategy", "output", "revision"):
+        assert clone["spec"][key] == original["spec"][key], key
+    assert clone["spec"]["source"]["dockerfile"] == "FROM busybox\nRUN echo one\n"
+    assert clone["spec"]["strategy"]["dockerStrategy"]["env"] == [{"name": "MODE", "value": "one"}]
+    assert clone["spec"]["revision"]["git"]["commit"] == commit
+    assert clone["spec"]["triggeredBy"] == [{"message": "Manually triggered"}]
+    # still a build of its config: numbered, labelled and queued under today's run policy
+    assert clone["metadata"]["labels"]["openshift.io/build.start-policy"] == "Parallel"
+    assert clone["metadata"]["annotations"]["openshift.io/build.clone-of"] == "app-1"
+    assert clone["status"]["config"]["name"] == "app"
+    assert (await env.build("app-3"))["spec"] == clone["spec"]
+    # A clone cannot change what is built.
+    body = {**CLONE_REQUEST, "revision": {"git": {"commit": "abcdef12"}}}
+    response = await env.call("POST", "builds/app-1/clone", json=body)
+    assert response.status == 422
+    assert [c["field"] for c in (await response.json())["details"]["causes"]] == ["revision"]
+
+
+async def test_a_build_request_cannot_set_triggerds_annotations(env: Env) -> None:
+    await env.create_bc()
+    before = await env.snapshot()
+    annotations = {
+        "triggerd.dev/privileged": "true",
+        "triggerd.dev/cache-repository": "attacker.example.com/steal",
+        "openshift.io/build.number": "99",
+        "team.example.com/owner": "ada",
+    }
+    body = {"kind": "BuildRequest", "metadata": {"annotations": annotations}}
+    response = await env.call("POST", "buildconfigs/app/instantiate", json=body)
+    assert response.status == 422
+    payload = await response.json()
+    status_of(payload, 422, "Invalid")
+    assert sorted(c["field"] for c in payload["details"]["causes"]) == [
+        "metadata.annotations.openshift.io/build.number",
+        "metadata.annotations.triggerd.dev/cache-repository",
+        "metadata.annotations.triggerd.dev/privileged",
+    ]
+    assert await env.snapshot() == before
+    body = {"kind": "BuildRequest", "metadata": {"annotations": {"team.example.com/owner": "a"}}}
+    build = await env.start(body=body)
+    assert build["metadata"]["annotations"]["team.example.com/owner"] == "a"

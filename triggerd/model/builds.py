@@ -30,6 +30,10 @@ NUMBER_ANNOTATION = "openshift.io/build.number"
 #: The stored upload (``sha256:<hex>``) a binary build builds; instantiatebinary sets it and
 #: a re-run copies it. The store can tell which uploads builds still use by it.
 BINARY_INPUT_ANNOTATION = "triggerd.dev/binary-input"
+#: instantiatebinary's ``asFile``: the upload is that one file, not an archive.
+BINARY_AS_FILE_ANNOTATION = "triggerd.dev/binary-as-file"
+#: The build a clone (``builds/{name}/clone``, ``start-build --from-build``) was made from.
+CLONE_ANNOTATION = "openshift.io/build.clone-of"
 
 
 class Phase(StrEnum):

@@ -2,8 +2,13 @@
 
 ``instantiate`` is what OpenShift's build generator does: copy the BuildConfig's CommonSpec,
 apply the request's overrides (revision, env, build args, noCache, from), name the build
-``<config>-<number>``, stamp labels and annotations, and record why it started. Every
-override is validated like the BuildConfig itself, with field paths.
+``<config>-<number>``, stamp labels and annotations, and record why it started. ``clone``
+is its ``Clone``: the new build copies an earlier build's spec instead of the config's.
+Every override is validated like the BuildConfig itself, with field paths.
+
+A build of a config with binary source needs an upload: :func:`refusal` says why a request
+without one cannot start, and both makers refuse such a build (the engine asks first, so a
+webhook or trigger can skip that config instead of failing a whole batch).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from triggerd.errors import FieldError, Invalid
+from triggerd.errors import Conflict, FieldError, Invalid
 from triggerd.model import buildconfigs, builds, specs
 from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig
@@ -34,6 +39,24 @@ INHERITED_ANNOTATIONS = frozenset(
     {buildconfigs.CACHE_ANNOTATION, buildconfigs.PRIVILEGED_ANNOTATION}
 )
 MANUAL_CAUSE = "Manually triggered"
+#: Annotation namespaces of triggerd and of OpenShift's build machinery. triggerd reads
+#: several of them to decide how and on what a build runs: the privileged switch and the
+#: layer cache (the config's alone), the stored upload a binary build extracts, the images
+#: an image change build recorded (lastTriggeredImageID), the number, config and clone
+#: source, the queue order. A BuildRequest naming any key in them is refused, so no API
+#: caller can set or override one — nor one added later.
+RESERVED_ANNOTATION_PREFIXES = (
+    "triggerd.dev/",
+    "openshift.io/build.",
+    "openshift.io/build-config.",
+)
+#: Reserved annotations a clone keeps from the build it copies: its input.
+CLONED_ANNOTATIONS = frozenset({builds.BINARY_INPUT_ANNOTATION, builds.BINARY_AS_FILE_ANNOTATION})
+
+
+class BinaryInputRequired(Conflict):
+    """A build of a config with binary source, asked for without an upload: it could only
+    fail later ("no upload"), so it is not created."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,9 +116,57 @@ def parse(doc: Any, config_name: str) -> BuildRequest:
         labels=fields.string_map(meta, "labels", "metadata.labels"),
         annotations=fields.string_map(meta, "annotations", "metadata.annotations"),
     )
+    for key in request.annotations:
+        if is_reserved_annotation(key):
+            fields.error(
+                f"metadata.annotations.{key}",
+                "is set by triggerd (or from the BuildConfig), never by a BuildRequest",
+            )
     if fields.errors:
         raise Invalid(KIND, config_name, fields.errors)
     return request
+
+
+def is_reserved_annotation(key: str) -> bool:
+    """Whether ``key`` is in a namespace only triggerd writes on Builds."""
+    return key.startswith(RESERVED_ANNOTATION_PREFIXES)
+
+
+def check_clone_request(request: BuildRequest, build_name: str) -> None:
+    """A clone builds exactly what the earlier build built: a request may add env, build
+    args and noCache (as OpenShift's Clone applies them), but not change the revision or
+    the builder image; Invalid names the field instead of ignoring it."""
+    fields = Fields()
+    if request.revision is not None:
+        fields.error("revision", "a clone builds the revision of the build it clones")
+    if request.from_image is not None:
+        fields.error("from", "a clone builds on the image of the build it clones")
+    if fields.errors:
+        raise Invalid(KIND, build_name, fields.errors)
+
+
+def missing_binary_input(
+    config_name: str, source: specs.BuildSource, annotations: Mapping[str, str]
+) -> str | None:
+    """Why a build with ``source`` and ``annotations`` cannot run, when it has binary
+    source and no upload; None when it can."""
+    if source.binary is None and source.type is not specs.SourceType.BINARY:
+        return None
+    if annotations.get(builds.BINARY_INPUT_ANNOTATION):
+        return None
+    return (
+        f'cannot start a binary build without input: BuildConfig "{config_name}" has binary '
+        "source (spec.source.binary); upload the input with instantiatebinary (triggerd "
+        f"start-build {config_name} --from-dir DIR | --from-file FILE | --from-archive FILE | "
+        "--from-repo DIR) or re-run an earlier build with builds/BUILD/clone (triggerd "
+        "start-build --from-build BUILD)"
+    )
+
+
+def refusal(config: BuildConfig, request: BuildRequest) -> str | None:
+    """Why ``request`` cannot start a build of ``config`` (None: it can). A webhook, a
+    ConfigChange or an ImageChange trigger never brings an upload; instantiatebinary does."""
+    return missing_binary_input(config.name, config.spec.source, request.annotations)
 
 
 def _check_commit(commit: str, fields: Fields, path: str) -> None:
@@ -116,41 +187,125 @@ def instantiate(
     created: datetime,
 ) -> builds.Build:
     """Make Build number ``number`` of ``config`` as ``request`` asks."""
-    overrides = bool(
-        request.env
-        or request.from_image is not None
-        or request.build_args
-        or request.no_cache is not None
+    refused = refusal(config, request)
+    if refused is not None:
+        raise BinaryInputRequired(refused)
+    spec, errors = (
+        _overridden_spec(config, request) if _has_overrides(request) else _plain_spec(config)
     )
-    spec, errors = _overridden_spec(config, request) if overrides else _plain_spec(config)
     name = build_name(config.name, number)
     if errors:
         raise Invalid(builds.KIND, name, list(errors))
     if request.revision is not None:
         spec = replace(spec, revision=request.revision)
-    labels = {
-        **config.meta.labels,
-        **request.labels,
-        builds.CONFIG_LABEL: config.name,
-        builds.CONFIG_LABEL_DEPRECATED: config.name,
-        builds.START_POLICY_LABEL: config.run_policy.value,
+    annotations = {k: v for k, v in request.annotations.items() if k not in INHERITED_ANNOTATIONS}
+    return _new_build(
+        config,
+        spec,
+        labels={**config.meta.labels, **request.labels},
+        annotations=annotations,
+        causes=request.triggered_by,
+        number=number,
+        uid=uid,
+        created=created,
+    )
+
+
+def clone(
+    original: builds.Build,
+    config: BuildConfig,
+    request: BuildRequest,
+    *,
+    number: int,
+    uid: str,
+    created: datetime,
+) -> builds.Build:
+    """Make Build number ``number`` of ``config`` as a copy of ``original`` (OpenShift's
+    generator.Clone): its spec (revision, source, strategy, output, env, build args,
+    resources, hooks), its labels and annotations, its binary input; the request's env,
+    build args and noCache on top (see :func:`check_clone_request`). It is a build of
+    ``config`` as any other: named and numbered from it, labelled with its run policy, the
+    privileged switch and layer cache as the config says now (they are the config's to
+    give, not an old build's), and annotated with the build it was cloned from."""
+    name = build_name(config.name, number)
+    if _has_overrides(request):
+        strategy = original.spec.strategy.type
+        spec_doc = {k: copy.deepcopy(v) for k, v in original.spec.raw.items() if k != "revision"}
+        spec, errors = _apply_overrides(spec_doc, strategy, request)
+        if errors:
+            raise Invalid(builds.KIND, name, list(errors))
+        spec = replace(spec, revision=original.spec.revision)
+    else:
+        spec = original.spec  # immutable: the two builds may share it
+    kept = {
+        k: v
+        for k, v in original.meta.annotations.items()
+        if not is_reserved_annotation(k) or k in CLONED_ANNOTATIONS
     }
-    annotations = {
-        **{k: v for k, v in request.annotations.items() if k not in INHERITED_ANNOTATIONS},
-        **{k: v for k, v in config.meta.annotations.items() if k in INHERITED_ANNOTATIONS},
-        builds.CONFIG_ANNOTATION: config.name,
-        builds.NUMBER_ANNOTATION: str(number),
-    }
+    refused = missing_binary_input(config.name, spec.source, kept)
+    if refused is not None:
+        raise BinaryInputRequired(refused)
+    requested = {k: v for k, v in request.annotations.items() if not is_reserved_annotation(k)}
+    return _new_build(
+        config,
+        spec,
+        labels={**original.meta.labels, **request.labels},
+        annotations={**kept, **requested, builds.CLONE_ANNOTATION: original.name},
+        causes=request.triggered_by,
+        number=number,
+        uid=uid,
+        created=created,
+    )
+
+
+def _new_build(
+    config: BuildConfig,
+    spec: specs.CommonSpec,
+    *,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    causes: tuple[Mapping[str, Any], ...],
+    number: int,
+    uid: str,
+    created: datetime,
+) -> builds.Build:
+    """A new Build of ``config``: what every build carries for its config (labels the
+    scheduler and tools select on, the number, the config's own annotations) over what the
+    caller gives."""
+    name = build_name(config.name, number)
     meta = metas.ObjectMeta(
         name=name,
         namespace=config.namespace,
         uid=uid,
         creation_timestamp=created,
-        labels=labels,
-        annotations=annotations,
+        labels={
+            **labels,
+            builds.CONFIG_LABEL: config.name,
+            builds.CONFIG_LABEL_DEPRECATED: config.name,
+            builds.START_POLICY_LABEL: config.run_policy.value,
+        },
+        annotations={
+            **annotations,
+            **{k: v for k, v in config.meta.annotations.items() if k in INHERITED_ANNOTATIONS},
+            builds.CONFIG_ANNOTATION: config.name,
+            builds.NUMBER_ANNOTATION: str(number),
+        },
     )
-    causes = request.triggered_by or ({"message": MANUAL_CAUSE},)
-    return builds.Build(meta=meta, spec=spec, triggered_by=causes, status=builds.BuildStatus())
+    return builds.Build(
+        meta=meta,
+        spec=spec,
+        triggered_by=causes or ({"message": MANUAL_CAUSE},),
+        status=builds.BuildStatus(),
+    )
+
+
+def _has_overrides(request: BuildRequest) -> bool:
+    return bool(
+        request.env
+        or request.from_image is not None
+        or request.build_args
+        or request.no_cache is not None
+    )
 
 
 def _build_spec_doc(config: BuildConfig) -> dict[str, Any]:
@@ -164,11 +319,18 @@ def _build_spec_doc(config: BuildConfig) -> dict[str, Any]:
 def _overridden_spec(
     config: BuildConfig, request: BuildRequest
 ) -> tuple[specs.CommonSpec, tuple[FieldError, ...]]:
-    spec_doc = _build_spec_doc(config)
+    return _apply_overrides(_build_spec_doc(config), config.spec.strategy.type, request)
+
+
+def _apply_overrides(
+    spec_doc: dict[str, Any], strategy_type: specs.StrategyType, request: BuildRequest
+) -> tuple[specs.CommonSpec, tuple[FieldError, ...]]:
+    """``spec_doc`` (a copy, changed here) with the request's env, from, build args and
+    noCache, parsed and validated."""
     strategy = dict(spec_doc.get("strategy") or {})
-    # env and from apply to whichever strategy the config uses; build args and noCache are
+    # env and from apply to whichever strategy the spec uses; build args and noCache are
     # Docker's alone.
-    key = STRATEGY_KEYS.get(config.spec.strategy.type, "dockerStrategy")
+    key = STRATEGY_KEYS.get(strategy_type, "dockerStrategy")
     options = dict(strategy.get(key) or {})
     if request.env:
         options["env"] = _merge(options.get("env"), request.env)

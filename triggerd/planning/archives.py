@@ -39,7 +39,7 @@ DEFAULT_MAX_FILES = 100_000
 #: Build annotations instantiatebinary sets: the stored upload (its sha256) and asFile.
 #: Annotations are copied when a build is re-run, so the re-run gets the same input.
 INPUT_ANNOTATION = builds.BINARY_INPUT_ANNOTATION
-AS_FILE_ANNOTATION = "triggerd.dev/binary-as-file"
+AS_FILE_ANNOTATION = builds.BINARY_AS_FILE_ANNOTATION
 #: Uploads are stored content-addressed under <dataDir>/uploads/sha256/<hex>.
 UPLOADS_DIR = "uploads"
 _CHUNK = 1024 * 1024

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from triggerd import errors, selectors
 from triggerd.engine import Engine
-from triggerd.model import buildconfigs, builds, requests, specs
+from triggerd.model import buildconfigs, builds, requests
 from triggerd.model.builds import Build
 from triggerd.planning import archives
 from triggerd.store.base import BuildQuery
@@ -299,8 +299,9 @@ async def delete_buildconfig(request: web.Request) -> web.Response:
 async def instantiate(request: web.Request) -> web.Response:
     """Start a build of the BuildConfig (a BuildRequest body, or none).
 
-    A BuildConfig with binary source is refused, as OpenShift refuses it: its builds need
-    the upload instantiatebinary takes (or, to re-run one, the clone of a build).
+    A BuildConfig with binary source is refused with 400, as OpenShift refuses it: its
+    builds need the upload instantiatebinary takes (or, to re-run one, the clone of a
+    build). The engine decides that, for every way a build starts.
     """
     namespace = namespace_of(request)
     name = request.match_info["name"]
@@ -308,57 +309,37 @@ async def instantiate(request: web.Request) -> web.Response:
     doc = decode(body, request.content_type) if body.strip() else None
     build_request = requests.parse(doc, name)
     engine = request.app[ENGINE]
-    config = await engine.store.get_buildconfig(namespace, name)
-    source = config.spec.source
-    if source.binary is not None or source.type is specs.SourceType.BINARY:
-        raise errors.BadRequest(
-            f'cannot start a binary build without input: BuildConfig "{name}" has binary '
-            "source; upload the input with instantiatebinary (triggerd start-build "
-            f"{name} --from-dir DIR | --from-file FILE | --from-archive FILE | --from-repo "
-            "DIR) or re-run an earlier build with builds/BUILD/clone (triggerd start-build "
-            "--from-build BUILD)"
-        )
-    build = await engine.instantiate(namespace, name, build_request)
+    try:
+        build = await engine.instantiate(namespace, name, build_request)
+    except requests.BinaryInputRequired as e:
+        # The caller asked for what cannot be (a trigger hears it as a Conflict).
+        raise errors.BadRequest(str(e)) from e
     return _object_response(build.to_dict(), group_of(request), status=201)
 
 
-#: Annotations only triggerd sets: they name stored uploads, which a request must not
-#: point at (an upload of another namespace, say).
-_INPUT_ANNOTATIONS = frozenset({archives.INPUT_ANNOTATION, archives.AS_FILE_ANNOTATION})
-#: The annotation OpenShift puts on a clone: the build it was cloned from.
-CLONE_ANNOTATION = "openshift.io/build.clone-of"
-
-
 async def clone_build(request: web.Request) -> web.Response:
-    """Start a new build like an earlier one (``oc start-build --from-build``).
+    """Start a new build exactly like an earlier one (``oc start-build --from-build``).
 
     The body is a BuildRequest naming the build (or none). The new build is a build of the
-    same BuildConfig with the earlier build's source revision, strategy env, build args,
-    noCache and builder image, labels and annotations (a binary build's upload included:
-    it is kept for this), then the request's own env, build args and causes on top.
+    same BuildConfig made from the earlier build's own spec — revision, source, strategy,
+    output, env, build args, labels and annotations, a binary build's upload (kept for
+    this) — whatever the BuildConfig says now, annotated ``openshift.io/build.clone-of``;
+    the request may add env, build args and noCache. 404 when the BuildConfig is gone.
     """
     namespace = namespace_of(request)
     name = request.match_info["name"]
     body = await read_body(request)
     doc = decode(body, request.content_type) if body.strip() else None
     overrides = requests.parse(doc, name)
-    refused = sorted(_INPUT_ANNOTATIONS & set(overrides.annotations))
-    if refused:
-        raise errors.BadRequest(f"metadata.annotations: {', '.join(refused)} is set by triggerd")
     engine = request.app[ENGINE]
     build = await engine.store.get_build(namespace, name)
-    config_name = build.meta.annotations.get(builds.CONFIG_ANNOTATION) or build.meta.labels.get(
-        builds.CONFIG_LABEL
-    )
-    if not config_name:
-        raise errors.BadRequest(f'build "{name}" was not started from a BuildConfig')
     digest = build.meta.annotations.get(archives.INPUT_ANNOTATION)
     if build.spec.source.binary is not None and not await _upload_kept(request, digest):
         raise errors.Conflict(
             f'the input uploaded for build "{name}" is no longer stored; start a new binary '
             "build with instantiatebinary"
         )
-    clone = await engine.instantiate(namespace, config_name, _clone_request(build, overrides))
+    clone = await engine.clone(namespace, name, overrides)
     return _object_response(clone.to_dict(), group_of(request), status=201)
 
 
@@ -370,46 +351,6 @@ async def _upload_kept(request: web.Request, digest: str | None) -> bool:
     except ValueError:
         return False
     return await asyncio.to_thread(path.is_file)
-
-
-def _clone_request(build: Build, overrides: requests.BuildRequest) -> requests.BuildRequest:
-    """The BuildRequest that makes a build like ``build``, with ``overrides`` on top."""
-    strategy = build.spec.strategy
-    chosen = strategy.docker or strategy.source or strategy.custom
-    env = tuple(chosen.env) if chosen is not None else ()
-    from_ref = chosen.from_image if chosen is not None else None
-    docker = strategy.docker
-    return requests.BuildRequest(
-        revision=overrides.revision or build.spec.revision,
-        env=_merged(env, overrides.env),
-        build_args=_merged(docker.build_args if docker else (), overrides.build_args),
-        no_cache=overrides.no_cache
-        if overrides.no_cache is not None
-        else (docker.no_cache if docker else None),
-        # The very image the build used (an ImageStreamTag was pinned to one for it).
-        from_image=(
-            overrides.from_image
-            if overrides.from_image is not None
-            else from_ref
-            if from_ref is not None and from_ref.kind is specs.ReferenceKind.DOCKER_IMAGE
-            else None
-        ),
-        triggered_by=overrides.triggered_by,
-        labels={**build.meta.labels, **overrides.labels},
-        annotations={
-            **build.meta.annotations,
-            **overrides.annotations,
-            CLONE_ANNOTATION: build.name,
-        },
-    )
-
-
-def _merged(
-    base: Iterable[specs.EnvVar], overrides: Iterable[specs.EnvVar]
-) -> tuple[specs.EnvVar, ...]:
-    merged = {var.name: var for var in base}
-    merged.update({var.name: var for var in overrides})
-    return tuple(merged.values())
 
 
 # Builds -------------------------------------------------------------------------------------
@@ -872,11 +813,12 @@ def _routes_for(group: str) -> list[Endpoint]:
             "/builds/{name}/clone",
             clone_build,
             "cloneBuild",
-            "Start a new build like this one (oc start-build --from-build); a binary build's "
-            "upload is reused.",
+            "Start a new build exactly like this one (oc start-build --from-build): its own "
+            "spec, revision and labels, a binary build's upload reused; env, build args and "
+            "noCache may be added.",
             {
                 201: build,
-                404: _NOT_FOUND,
+                404: Reply(description="No such build, or its BuildConfig is gone."),
                 409: Reply(description="A binary build whose upload is no longer stored."),
                 **write_errors,
                 503: Reply(description="Queue full."),

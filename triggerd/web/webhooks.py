@@ -474,8 +474,18 @@ async def _answer(
         return _json(body, 200), SKIPPED
     received = engine.clock()
     delivery = Delivery(key=key, received=received) if key is not None else None
-    # Returns only after the commit: the 201 below is a promise the builds exist.
-    result = await engine.start_builds(plan.starts, delivery=delivery)
+    # Returns only after the commit: the 201 below is a promise the builds exist. A config
+    # the engine refuses (binary source: its builds need an upload) is skipped, not failed.
+    result = await engine.start_builds(plan.starts, delivery=delivery, skip_refused=True)
+    for refused in result.skipped:
+        start = refused.start
+        config = start.config or plan.allowed.get((start.namespace, start.config_name))
+        entry = _skip(config, refused.reason) if config is not None else None
+        if entry is not None and entry not in plan.skipped:  # one per config, not per push
+            plan.skipped.append(entry)
+    if not result.builds and not result.duplicate:
+        body = {**base, "triggered": [], "reason": _reason(plan), "skipped": plan.skipped}
+        return _json(body, 200), SKIPPED
     if result.duplicate:
         # Only builds of configs this delivery proved itself to: a colliding id from another
         # tenant must not reveal someone else's builds.
