@@ -537,6 +537,8 @@ class Engine:
                 config.namespace,
                 config.name,
             )
+        except requests.ConfigPaused:
+            log.info("%s/%s: ConfigChange trigger skipped: paused", config.namespace, config.name)
         except Conflict as e:
             # FROM an ImageStreamTag without an image yet: as in OpenShift, the ImageChange
             # trigger starts the first build once the stream has one.
@@ -680,15 +682,15 @@ class Engine:
         skipped: list[Skipped] = []
         for s in starts:
             config = s.config or await self.store.get_buildconfig(s.namespace, s.config_name)
-            reason = requests.refusal(config, s.request)
-            if reason is None:
+            refused = requests.refusal(config, s.request)
+            if refused is None:
                 # The config read here spares image change resolution another read.
                 checked.append(s if s.config is not None else replace(s, config=config))
             elif skip_refused:
-                log.info("%s/%s: not started: %s", s.namespace, s.config_name, reason)
-                skipped.append(Skipped(start=s, reason=reason))
+                log.info("%s/%s: not started: %s", s.namespace, s.config_name, refused)
+                skipped.append(Skipped(start=s, reason=str(refused)))
             else:
-                raise requests.BinaryInputRequired(reason)
+                raise refused
         if not checked:
             return Started(builds=(), skipped=tuple(skipped))
         result = await self._start_checked(checked, delivery=delivery)

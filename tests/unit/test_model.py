@@ -367,8 +367,10 @@ def binary_config(**annotations: str) -> buildconfigs.BuildConfig:
 def test_a_binary_config_builds_only_with_an_upload() -> None:
     config = binary_config()
     bare = requests.BuildRequest(triggered_by=({"message": "Build configuration change"},))
-    reason = requests.refusal(config, bare)
-    assert reason is not None and "cannot start a binary build without input" in reason
+    refused = requests.refusal(config, bare)
+    assert isinstance(refused, requests.BinaryInputRequired)
+    reason = str(refused)
+    assert "cannot start a binary build without input" in reason
     assert "instantiatebinary" in reason and "--from-build" in reason
     with pytest.raises(requests.BinaryInputRequired):
         requests.instantiate(config, bare, number=1, uid="u", created=T0)
@@ -380,6 +382,22 @@ def test_a_binary_config_builds_only_with_an_upload() -> None:
     assert build.meta.annotations[builds.BINARY_INPUT_ANNOTATION] == "sha256:" + "a" * 64
     # other configs need nothing
     assert requests.refusal(buildconfig(), bare) is None
+
+
+def test_a_paused_config_starts_no_build_not_even_a_manual_one() -> None:
+    doc = buildconfig_doc()
+    doc["metadata"]["annotations"] = {buildconfigs.PAUSED_ANNOTATION: "true"}
+    config = buildconfigs.parse(doc)
+    refused = requests.refusal(config, requests.BuildRequest())
+    assert isinstance(refused, requests.ConfigPaused)
+    assert "is paused" in str(refused) and buildconfigs.PAUSED_ANNOTATION in str(refused)
+    with pytest.raises(requests.ConfigPaused):
+        requests.instantiate(config, requests.BuildRequest(), number=1, uid="u", created=T0)
+    original = requests.instantiate(
+        buildconfig(), requests.BuildRequest(), number=1, uid="u", created=T0
+    )
+    with pytest.raises(requests.ConfigPaused):
+        requests.clone(original, config, requests.BuildRequest(), number=2, uid="v", created=T0)
 
 
 # Clones -------------------------------------------------------------------------------------

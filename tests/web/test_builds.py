@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.support.processes import async_wait_for
-from tests.web.conftest import Env
+from tests.web.conftest import NS, Env
 from tests.web.test_buildconfigs import status_of
 from triggerd.model import requests
 from triggerd.planning import archives
@@ -379,3 +379,21 @@ async def test_a_build_request_cannot_set_triggerds_annotations(env: Env) -> Non
     body = {"kind": "BuildRequest", "metadata": {"annotations": {"team.example.com/owner": "a"}}}
     build = await env.start(body=body)
     assert build["metadata"]["annotations"]["team.example.com/owner"] == "a"
+
+
+async def test_a_paused_config_refuses_manual_builds_and_clones(env: Env) -> None:
+    await env.create_bc()
+    first = (await env.start())["metadata"]["name"]
+    await env.executor.wait_started(NS, first)  # it stays Running from here
+    config = await (await env.call("GET", "buildconfigs/app")).json()
+    config["metadata"]["annotations"] = {"openshift.io/build-config.paused": "true"}
+    response = await env.call("PUT", "buildconfigs/app", json=config)
+    assert response.status == 200, await response.text()
+    before = await env.snapshot()
+    for resource in ("buildconfigs/app/instantiate", f"builds/{first}/clone"):
+        response = await env.call("POST", resource, json={"kind": "BuildRequest"})
+        assert response.status == 409, (resource, await response.text())
+        body = await response.json()
+        status_of(body, 409, "Conflict")
+        assert "is paused" in body["message"]
+    assert await env.snapshot() == before

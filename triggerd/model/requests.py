@@ -59,6 +59,10 @@ class BinaryInputRequired(Conflict):
     fail later ("no upload"), so it is not created."""
 
 
+class ConfigPaused(Conflict):
+    """A build of a paused BuildConfig: OpenShift starts none, manual ones included."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuildRequest:
     """What to start: overrides on top of the BuildConfig, and the causes."""
@@ -163,10 +167,22 @@ def missing_binary_input(
     )
 
 
-def refusal(config: BuildConfig, request: BuildRequest) -> str | None:
-    """Why ``request`` cannot start a build of ``config`` (None: it can). A webhook, a
-    ConfigChange or an ImageChange trigger never brings an upload; instantiatebinary does."""
-    return missing_binary_input(config.name, config.spec.source, request.annotations)
+def refusal(config: BuildConfig, request: BuildRequest) -> Conflict | None:
+    """Why ``request`` cannot start a build of ``config``, as the error to raise (None: it
+    can). A paused config starts nothing, as in OpenShift (``oc start-build`` included); a
+    webhook, a ConfigChange or an ImageChange trigger never brings an upload, which a
+    binary config needs (instantiatebinary brings one)."""
+    if config.paused:
+        return ConfigPaused(paused_message(config.name))
+    missing = missing_binary_input(config.name, config.spec.source, request.annotations)
+    return BinaryInputRequired(missing) if missing is not None else None
+
+
+def paused_message(config_name: str) -> str:
+    return (
+        f'cannot start a build of BuildConfig "{config_name}": it is paused (annotation '
+        f"{buildconfigs.PAUSED_ANNOTATION}); remove the annotation to start builds again"
+    )
 
 
 def _check_commit(commit: str, fields: Fields, path: str) -> None:
@@ -189,7 +205,7 @@ def instantiate(
     """Make Build number ``number`` of ``config`` as ``request`` asks."""
     refused = refusal(config, request)
     if refused is not None:
-        raise BinaryInputRequired(refused)
+        raise refused
     spec, errors = (
         _overridden_spec(config, request) if _has_overrides(request) else _plain_spec(config)
     )
@@ -242,6 +258,8 @@ def clone(
         for k, v in original.meta.annotations.items()
         if not is_reserved_annotation(k) or k in CLONED_ANNOTATIONS
     }
+    if config.paused:
+        raise ConfigPaused(paused_message(config.name))
     refused = missing_binary_input(config.name, spec.source, kept)
     if refused is not None:
         raise BinaryInputRequired(refused)
