@@ -42,6 +42,7 @@ STATUS_SUBRESOURCE = frozenset(
         ("v1", "pods"),
         ("triggerd.dev/v1", "builds"),
         ("triggerd.dev/v1", "buildconfigs"),
+        ("triggerd.dev/v1", "imagestreams"),
     }
 )
 KINDS: Mapping[Key, str] = {
@@ -54,6 +55,7 @@ KINDS: Mapping[Key, str] = {
     ("triggerd.dev/v1", "builds"): "Build",
     ("triggerd.dev/v1", "buildconfigs"): "BuildConfig",
     ("triggerd.dev/v1", "deliveries"): "Delivery",
+    ("triggerd.dev/v1", "imagestreams"): "ImageStream",
 }
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 

@@ -56,6 +56,7 @@ CRDS = {
     "BuildConfig": load_crd("crd-buildconfigs.yaml"),
     "Build": load_crd("crd-builds.yaml"),
     "Delivery": load_crd("crd-deliveries.yaml"),
+    "ImageStream": load_crd("crd-imagestreams.yaml"),
 }
 SCHEMAS = {kind: crd_schema(crd) for kind, crd in CRDS.items()}
 

@@ -113,6 +113,7 @@ def test_base_contents() -> None:
         ("CustomResourceDefinition", "buildconfigs.triggerd.dev"),
         ("CustomResourceDefinition", "builds.triggerd.dev"),
         ("CustomResourceDefinition", "deliveries.triggerd.dev"),
+        ("CustomResourceDefinition", "imagestreams.triggerd.dev"),
         ("Deployment", "triggerd"),
         ("Namespace", "triggerd"),
         ("NetworkPolicy", "triggerd-builds"),

@@ -78,7 +78,7 @@ def test_kustomizations_list_existing_files() -> None:
 
 
 def test_crds_have_status_subresources_and_short_names() -> None:
-    assert set(CRDS) == {"BuildConfig", "Build", "Delivery"}
+    assert set(CRDS) == {"BuildConfig", "Build", "Delivery", "ImageStream"}
     assert CRDS["BuildConfig"]["spec"]["names"]["shortNames"] == ["bc"]
     assert CRDS["Build"]["spec"]["names"]["shortNames"] == ["build"]
     for kind in ("BuildConfig", "Build"):

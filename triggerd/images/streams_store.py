@@ -5,14 +5,13 @@ it, and the failed-import condition of each tag) and ``status.imageChangeTrigger
 BuildConfig (lastTriggeredImageID, lastTriggerTime, message). It is a separate file
 (``<dataDir>/imagestreams.db``) with its own connection rather than tables in the build
 store: the build store's schema and its group-commit writer belong to another module, and
-nothing here needs to join with builds. It is local to one process: with the Kubernetes
-store every replica has its own file. The trigger states here are therefore a cache: every
-Build records the images its config's triggers resolved to (an annotation written with the
-build), and the runtime corrects these states from the builds before deciding, which also
-covers a crash between creating a build and writing its state here. Every write is
-committed (``synchronous=FULL``) before it returns. Runs blocking SQLite calls in a worker
-thread.
-"""
+nothing here needs to join with builds. It is local to one process, which is why the
+Kubernetes store gets :mod:`triggerd.images.streams_kubernetes` instead, shared by every
+replica. The trigger states here are a cache: every Build records the images its config's
+triggers resolved to (an annotation written with the build), and the runtime corrects
+these states from the builds before deciding, which also covers a crash between creating a
+build and writing its state here. Every write is committed (``synchronous=FULL``) before
+it returns. Runs blocking SQLite calls in a worker thread."""
 
 from __future__ import annotations
 
@@ -21,13 +20,14 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from triggerd.errors import AlreadyExists, Conflict, NotFound
 from triggerd.imagechange import TriggerState
+from triggerd.images.streams_base import ImportFailure
 from triggerd.model import imagestreams
 from triggerd.model import meta as metas
 
@@ -50,28 +50,9 @@ _SCHEMA = (
 _ADDED_COLUMNS = (("trigger_states", "await_first", "INTEGER NOT NULL DEFAULT 0"),)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImportFailure:
-    """Why the last import of a stream tag failed (OpenShift's ``ImportSuccess`` False)."""
-
-    tag: str
-    reason: str  # NotFound, Unauthorized, InternalError
-    message: str
-    time: datetime
-
-    def to_condition(self) -> dict[str, str]:
-        """``status.tags[].conditions[]`` entry, in OpenShift's TagEventCondition shape."""
-        return {
-            "type": "ImportSuccess",
-            "status": "False",
-            "reason": self.reason,
-            "message": self.message,
-            "lastTransitionTime": metas.format_time(self.time),
-        }
-
-
 class StreamsStore:
-    """ImageStreams and trigger states in one SQLite file, one serialised connection."""
+    """Implements :class:`~triggerd.images.streams_base.ImageStreamStore` in one SQLite
+    file, with one serialised connection."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
