@@ -13,14 +13,19 @@ Every Build records what its config's triggers resolved to (an annotation writte
 same store write as the build), and the states are corrected from the builds before each
 decision, so neither a crash between creating a build and writing its state nor a change
 of leader starts a build twice. With leader election only the leader polls, follows
-BuildConfig changes and starts image change builds. It takes the engine as a parameter and
-never reaches into its internals; it never parses provider JSON.
+BuildConfig changes and starts image change builds. With the Kubernetes store the streams
+and trigger states are shared by every replica (:mod:`triggerd.images.streams_kubernetes`):
+every replica follows the streams' watch to keep its index current (and serves the
+ImageStream API), while only the leader imports, records and evaluates; a new leader
+catches up on what happened while nobody led. It takes the engine as a parameter and never
+reaches into its internals; it never parses provider JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -51,7 +56,8 @@ from triggerd.images.registry_client import (
     TagNotFound,
     load_docker_config,
 )
-from triggerd.images.streams_store import ImportFailure, StreamsStore
+from triggerd.images.streams_base import ImageStreamStore, ImportFailure
+from triggerd.images.streams_store import StreamsStore
 from triggerd.images.watcher import PollResult, TagWatcher
 from triggerd.model import buildconfigs, imagestreams, requests
 from triggerd.model.builds import Build, Phase, Reason
@@ -79,7 +85,7 @@ class ImageChangeRuntime:
         self,
         engine: Engine,
         *,
-        streams: StreamsStore,
+        streams: ImageStreamStore,
         client: RegistryClient,
         initial_build: bool = True,
         stream_registry: str | None = None,
@@ -109,6 +115,13 @@ class ImageChangeRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
+        self._streams_task: asyncio.Task[None] | None = None
+        #: with a shared stream store: each stream as this replica last handled it, to
+        #: tell what a change (its own, another replica's, kubectl's) changed
+        self._seen_streams: dict[tuple[str, str], imagestreams.ImageStream] = {}
+        #: spec and annotations of each config as last evaluated from the config watch, so
+        #: status-only changes (a lastVersion bump, trigger states) evaluate nothing
+        self._config_marks: dict[ConfigId, str] = {}
         self._poll = True
         self._handled: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._opened = False
@@ -121,12 +134,24 @@ class ImageChangeRuntime:
         leadership = self.engine.leadership
         return leadership is None or leadership.is_leader
 
+    @property
+    def shared(self) -> bool:
+        """Whether the stream store is shared by several replicas (Kubernetes): changes
+        then also come from elsewhere, through its watch, and only the leader imports."""
+        return hasattr(self.streams, "watch_streams")
+
     async def _ensure_open(self) -> None:
         # The engine loads BuildConfig files inside its own start(), before this runtime is
         # started: the hooks it calls then must find the stream store open.
         if not self._opened:
             self._opened = True
-            await self.streams.open()
+            try:
+                await self.streams.open()
+            except BaseException:
+                # Not open (the ImageStream CRD missing, the API down): the next caller,
+                # start() included, tries again and hears why.
+                self._opened = False
+                raise
 
     async def start(self, *, poll: bool = True) -> None:
         """Open the stream store, index every config and stream; poll if this replica leads."""
@@ -141,19 +166,74 @@ class ImageChangeRuntime:
             self._follow_task = asyncio.create_task(
                 self._follow_configs(watch), name="image change config watch"
             )
+        watch_streams = getattr(self.streams, "watch_streams", None)
+        if watch_streams is not None:
+            # Streams changed through another replica's API, by kubectl, or recorded by a
+            # previous leader: every replica keeps its index current, the leader acts.
+            self._streams_task = asyncio.create_task(
+                self._follow_streams(watch_streams), name="image stream watch"
+            )
         if self.is_leader:
             self._lead()
 
     async def _reindex(self) -> None:
         for config in await self.engine.store.list_buildconfigs():
             self._index_config(config)
-        for stream in await self.streams.list_streams():
+        listed = await self.streams.list_streams()
+        for gone in set(self._stream_watches) - {(s.namespace, s.name) for s in listed}:
+            self._unindex_stream(gone)
+            self._seen_streams.pop(gone, None)
+        for stream in listed:
             self._index_stream(stream)
+            self._seen_streams[(stream.namespace, stream.name)] = stream
         self._sync_watches()
 
     def _lead(self) -> None:
         if self._poll and self._poll_task is None:
             self._poll_task = asyncio.create_task(self.watcher.run_forever(), name="tag watcher")
+        if self.shared:
+            self._background(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """On taking the lead over a shared store: what the previous leader may not have
+        done, or what happened while nobody led. A spec tag never imported is imported
+        once; a config watching an ImageStreamTag is evaluated against the stream as it
+        is now (its trigger states and builds say what was built already, so nothing is
+        built twice, and an image recorded just before the previous leader stopped still
+        starts its build)."""
+        for stream in list(self._seen_streams.values()):
+            if not self.is_leader:
+                return  # stepped down meanwhile: the next leader catches up
+            for tag in stream.tags:
+                if (
+                    tag.from_ref is not None
+                    and not tag.scheduled
+                    and not stream.history.get(tag.name)
+                ):
+                    await self._safely(self.import_once(stream.namespace, stream.name, tag.name))
+        for ident, watches in sorted(self._config_watches.items()):
+            if any(w.key.startswith(imagechange.ISTAG_PREFIX) for w in watches):
+                await self._safely(self._evaluate(*ident))
+
+    async def _evaluate(self, namespace: str, name: str) -> None:
+        """Decide for a stored config with the images known now (read afresh)."""
+        try:
+            config = await self.engine.store.get_buildconfig(namespace, name)
+        except NotFound:
+            return
+        await self.trigger(config, {}, observed_at=None)
+
+    async def _safely(self, work: Any) -> None:
+        """Run ``work``; log what goes wrong (one config's or stream's trouble must not
+        stop the others)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except (TemporaryError, PermanentError, Conflict, Invalid) as e:
+            log.warning("image change: %s", e)
+        except Exception:
+            log.exception("image change work failed")
 
     async def _stop_polling(self) -> None:
         if self._poll_task is not None:
@@ -177,11 +257,12 @@ class ImageChangeRuntime:
 
     async def stop(self) -> None:
         await self._stop_polling()
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow_task
-            self._follow_task = None
+        for task in (self._follow_task, self._streams_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._follow_task = self._streams_task = None
         await self.drain()
         if self._opened:
             await self.streams.close()
@@ -203,14 +284,34 @@ class ImageChangeRuntime:
         while True:
             try:
                 async for event in watch():
+                    ident = (event.config.namespace, event.config.name)
                     if event.type == "DELETED":
-                        await self.config_deleted(event.config.namespace, event.config.name)
-                    else:
-                        await self.config_changed(event.config, created=False)
+                        self._config_marks.pop(ident, None)
+                        await self.config_deleted(*ident)
+                        continue
+                    mark = _config_mark(event.config)
+                    if self._config_marks.get(ident) == mark:
+                        continue  # its status changed (a build's number, trigger states)
+                    self._config_marks[ident] = mark
+                    await self.config_changed(event.config, created=False)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("following BuildConfigs for image change triggers failed")
+                await asyncio.sleep(1.0)
+
+    async def _follow_streams(self, watch: Callable[[], AsyncIterator[Any]]) -> None:
+        while True:
+            try:
+                async for event in watch():
+                    if event.stream is None:  # deleted, or stored unreadable by kubectl
+                        await self.stream_deleted(event.namespace, event.name)
+                    else:
+                        await self._safely(self._stream_seen(event.stream))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following image streams failed")
                 await asyncio.sleep(1.0)
 
     # Index --------------------------------------------------------------------------------
@@ -319,9 +420,21 @@ class ImageChangeRuntime:
     ) -> None:
         """A stream was created or replaced: (re)start its scheduled imports and import,
         once, every tag whose ``from`` is new (OpenShift imports a spec tag on create and
-        when it changes, scheduled or not)."""
+        when it changes, scheduled or not).
+
+        With a shared store ``previous`` is not needed: what this replica saw last is
+        compared, whichever of this call and the store's watch comes first acts, and only
+        the leader imports (a follower's API only stores the stream)."""
+        if self.shared:
+            await self._stream_seen(stream)
+            return
         self._index_stream(stream)
         self._sync_watches()
+        await self._import_new_tags(stream, previous)
+
+    async def _import_new_tags(
+        self, stream: imagestreams.ImageStream, previous: imagestreams.ImageStream | None
+    ) -> None:
         before = {t.name: t.from_ref for t in previous.tags} if previous is not None else {}
         for tag in stream.tags:
             if tag.from_ref is None:
@@ -332,6 +445,27 @@ class ImageChangeRuntime:
                 await self._import(stream.namespace, stream.name, tag.name, key, digest, None)
             elif not tag.scheduled and before.get(tag.name) != tag.from_ref:
                 self._background(self.import_once(stream.namespace, stream.name, tag.name))
+
+    async def _stream_seen(self, stream: imagestreams.ImageStream) -> None:
+        """A shared stream as it is now (from this replica's API or the store's watch):
+        index it; on the leader, import what its spec changed and evaluate the configs
+        watching a tag whose newest image changed (read afresh from the store, so a late
+        event can never start a build on an image that is no longer the newest)."""
+        ident = (stream.namespace, stream.name)
+        before = self._seen_streams.get(ident)
+        self._seen_streams[ident] = stream
+        self._index_stream(stream)
+        self._sync_watches()
+        if not self.is_leader:
+            return
+        if before is None or before.tags != stream.tags:
+            await self._import_new_tags(stream, before)
+        for tag, items in sorted(stream.history.items()):
+            newest = before.latest(tag) if before is not None else None
+            if items and (newest is None or newest.image != items[0].image):
+                key = imagechange.istag_key(stream.namespace, stream.name, tag)
+                for namespace, name in sorted(self._by_key.get(key, ())):
+                    await self._safely(self._evaluate(namespace, name))
 
     async def import_once(self, namespace: str, stream: str, tag: str) -> None:
         """Import a spec tag's ``from`` now; a failure goes into the tag's conditions."""
@@ -366,6 +500,7 @@ class ImageChangeRuntime:
 
     async def stream_deleted(self, namespace: str, name: str) -> None:
         self._unindex_stream((namespace, name))
+        self._seen_streams.pop((namespace, name), None)
         self._sync_watches()
 
     async def build_finished(self, build: Build) -> None:
@@ -564,10 +699,15 @@ class ImageChangeRuntime:
             docker_image_reference=image_ref, image=digest, created=self.engine.clock()
         )
         try:
-            _, changed = await self.streams.record_tag(namespace, stream, tag, event)
+            updated, changed = await self.streams.record_tag(namespace, stream, tag, event)
         except NotFound:
             log.info("image stream %s/%s is gone; %s not recorded", namespace, stream, image_ref)
             return
+        seen = self._seen_streams.get((namespace, stream))
+        if seen is not None:
+            # Its watch event then finds nothing new to fire. Only the history: a spec
+            # change this replica has not handled yet must still look new to it.
+            self._seen_streams[(namespace, stream)] = replace(seen, history=updated.history)
         if changed:
             await self._fire(imagechange.istag_key(namespace, stream, tag), image_ref, observed_at)
 
@@ -695,6 +835,13 @@ class ImageChangeRuntime:
                 await self._import_failed(namespace, stream, tag, label, message)
 
 
+def _config_mark(config: buildconfigs.BuildConfig) -> str:
+    """What a config's triggers depend on: its spec and annotations (pausing)."""
+    return json.dumps(
+        [config.raw.get("spec"), dict(config.meta.annotations)], sort_keys=True, default=str
+    )
+
+
 def registry_access(
     settings: Settings,
 ) -> tuple[Callable[[str], bool], Callable[[str], Credentials | None]]:
@@ -723,13 +870,30 @@ def create_runtime(
     stream_registry: str | None = None,
     initial_build: bool = True,
 ) -> ImageChangeRuntime:
-    """The runtime server.py wires: streams in ``<dataDir>/imagestreams.db``, registry
-    access per ``settings.registries``, polling at ``settings.imagePollInterval``."""
+    """The runtime server.py wires: registry access per ``settings.registries``, polling
+    at ``settings.imagePollInterval``, and streams where the engine keeps its state:
+    ImageStream custom resources (and the BuildConfigs' status) with the Kubernetes
+    store, which every replica shares, else ``<dataDir>/imagestreams.db``."""
     insecure, credentials = registry_access(engine.settings)
     return ImageChangeRuntime(
         engine,
-        streams=StreamsStore(Path(engine.settings.data_dir) / streams_store.FILE_NAME),
+        streams=stream_store_for(engine, stream_registry),
         client=RegistryClient(session, insecure=insecure, credentials=credentials),
         initial_build=initial_build,
         stream_registry=stream_registry,
     )
+
+
+def stream_store_for(engine: Engine, stream_registry: str | None) -> ImageStreamStore:
+    """The stream store that goes with the engine's store."""
+    # Imported here, as server.py imports the stores (this module is light: the Kubernetes
+    # client itself is loaded only when a Kube connects).
+    from triggerd.store.kubernetes import KubernetesStore
+
+    if isinstance(engine.store, KubernetesStore):
+        from triggerd.images.streams_kubernetes import KubernetesStreamsStore
+
+        return KubernetesStreamsStore(
+            engine.store.kube, engine.store.namespace, registry=stream_registry
+        )
+    return StreamsStore(Path(engine.settings.data_dir) / streams_store.FILE_NAME)

@@ -1,8 +1,9 @@
 """Kubernetes mode, two replicas wired by ``server.build_components`` on one fake API
 server: only the leader polls the registry and starts image change builds; when it steps
-down the other takes over, recovers the trigger states from the Build resources (its own
-state file knows nothing) and does not rebuild what the first one built; a BuildConfig
-applied straight to the API server (as kubectl does) is followed and built by the leader."""
+down the other takes over with the trigger states the first one wrote (the BuildConfig's
+status.imageChangeTriggers, corrected from the Build resources) and does not rebuild what
+the first one built; a BuildConfig applied straight to the API server (as kubectl does) is
+followed and built by the leader."""
 
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 Create, read, list, replace and delete the small ImageStream resource triggerd keeps
 (:mod:`triggerd.model.imagestreams`). Writes go to the stream store and then tell the image
 change runtime, which imports new spec tags once and (re)starts the scheduled imports the
-stream asks for. The status (tag history, and an ``ImportSuccess`` False condition on a tag
-whose last import failed, as OpenShift shows it) is server-owned: a replace keeps it.
-Errors are raised as :mod:`triggerd.errors` and answered by the shared error middleware.
+stream asks for. With the Kubernetes store every replica serves this API from the shared
+ImageStream resources, and the leader imports (it sees the write through its watch). The
+status (tag history, and an ``ImportSuccess`` False condition on a tag whose last import
+failed, as OpenShift shows it) is server-owned: a replace keeps it. Errors are raised as
+:mod:`triggerd.errors` and answered by the shared error middleware.
 """
 
 from __future__ import annotations
