@@ -544,12 +544,11 @@ class PlanRun:
         for arg in action.files:
             auths.update(_read_auths(resolve(arg, workspace, self._outputs)))
         for arg, repository in action.scoped:
-            entries = _read_auths(resolve(arg, workspace, self._outputs))
-            registry = repository.split("/", 1)[0]
-            for key, entry in entries.items():
-                if _auth_key_host(key) == registry:
-                    auths[repository] = entry
-                    break
+            entry = _credentials_for(
+                _read_auths(resolve(arg, workspace, self._outputs)), repository
+            )
+            if entry is not None:
+                auths[repository] = entry
         self._write(action.output, json.dumps({"auths": auths}).encode(), 0o600)
 
     async def _previous_image(self, action: GenerateS2IDockerfile) -> str | None:
@@ -810,12 +809,42 @@ def _read_auths(path: str) -> dict[str, Any]:
     return dict(doc) if isinstance(doc, dict) else {}
 
 
-def _auth_key_host(key: str) -> str:
-    """The registry of an auth file key (``host``, ``host/ns/repo``, ``https://host/v1/``)."""
+#: Docker Hub's names in auth files (docker login writes https://index.docker.io/v1/).
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def _credentials_for(entries: Mapping[str, Any], repository: str) -> Any:
+    """The entry of an auth file that containers/image would use for ``repository``: the
+    most specific key (``host/ns/repo`` over ``host/ns`` over ``host``) of the same
+    registry, Docker Hub's several names counting as one; None when none matches."""
+    host, _, path = repository.partition("/")
+    best: Any = None
+    best_length = -1
+    for key, entry in entries.items():
+        key_host, key_path = _split_auth_key(key)
+        if _registry_name(key_host) != _registry_name(host):
+            continue
+        if key_path and path != key_path and not path.startswith(key_path + "/"):
+            continue
+        if len(key_path) > best_length:
+            best, best_length = entry, len(key_path)
+    return best
+
+
+def _split_auth_key(key: str) -> tuple[str, str]:
+    """An auth file key (``host``, ``host/ns/repo``, ``https://host/v1/``) as host, path."""
     for scheme in ("https://", "http://"):
         if key.startswith(scheme):
             key = key[len(scheme) :]
-    return key.split("/", 1)[0]
+    host, _, path = key.partition("/")
+    path = path.strip("/")
+    # The legacy endpoint paths (docker login's https://index.docker.io/v1/) name no repository.
+    return host, "" if path in ("v1", "v2") else path
+
+
+def _registry_name(host: str) -> str:
+    host = host.lower()
+    return "docker.io" if host in _DOCKER_HUB_HOSTS else host
 
 
 def _copy_out_of_image(root: Path, source: str, target: Path) -> int:

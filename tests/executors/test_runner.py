@@ -33,6 +33,7 @@ from triggerd.planning.plan import (
     EditDockerfile,
     InWorkspace,
     MakeDirectory,
+    MergeAuthFiles,
     OutputName,
     Plan,
     ReadOutput,
@@ -414,3 +415,38 @@ async def test_script_locations_are_asked_script_by_script(tmp_path: Path) -> No
     assert f"save-artifacts: not at {up}/save-artifacts (HTTP 404)" in log
     assert f"run: not at {up}/run (HTTP 200)" in log
     assert log.count(f"{down}: could not be fetched") == 1
+
+
+@pytest.mark.parametrize(
+    ("keys", "repository", "chosen"),
+    [
+        # docker login writes Docker Hub's legacy endpoint; references say docker.io
+        (["https://index.docker.io/v1/"], "docker.io/acme/cache", 0),
+        (["registry-1.docker.io"], "docker.io/acme/cache", 0),
+        # the most specific key wins, as in containers/image
+        (["cache.example.com", "cache.example.com/acme"], "cache.example.com/acme/app", 1),
+        (["cache.example.com/acme", "cache.example.com"], "cache.example.com/acme/app", 0),
+        (["cache.example.com/other"], "cache.example.com/acme/app", None),
+        (["other.example.com"], "cache.example.com/acme/app", None),
+        # a key naming a repository does not match its prefix-sharing neighbour
+        (["cache.example.com/acme/app"], "cache.example.com/acme/application", None),
+    ],
+)
+async def test_merged_auth_files_pick_the_registry_entry_for_the_cache(
+    tmp_path: Path, keys: list[str], repository: str, chosen: int | None
+) -> None:
+    entries = {key: {"auth": f"credential-{i}"} for i, key in enumerate(keys)}
+    (tmp_path / "push.json").write_text(json.dumps({"auths": entries}))
+    (tmp_path / "pull.json").write_text(json.dumps({"auths": {"pull.example.com": {"auth": "p"}}}))
+    merge = MergeAuthFiles(
+        output="merged.json",
+        files=(InWorkspace(path="pull.json"),),
+        scoped=((InWorkspace(path="push.json"), repository),),
+    )
+    result, log, _ = await run_plan(Plan(steps=(step(merge),)), tmp_path)
+    assert result.succeeded, log
+    merged = json.loads((tmp_path / "merged.json").read_text())["auths"]
+    assert merged["pull.example.com"] == {"auth": "p"}
+    expected = None if chosen is None else {"auth": f"credential-{chosen}"}
+    assert merged.get(repository) == expected
+    assert (tmp_path / "merged.json").stat().st_mode & 0o777 == 0o600
