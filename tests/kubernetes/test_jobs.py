@@ -520,17 +520,19 @@ def test_the_layer_cache_repository_comes_from_the_setting_or_the_config() -> No
     repository = "cache.example.com/layers/triggerd/app"
     assert argv[argv.index("--cache-from") + 1] == repository
     assert argv[argv.index("--cache-to") + 1] == repository
-    annotations = {jobs.CACHE_ANNOTATION: "registry.example.com/team/app-cache"}
+    annotations = {buildconfigs.CACHE_ANNOTATION: "registry.example.com/team/app-cache"}
     _, plan = render(make_build(annotations=annotations), options(layer_cache_registry="x.io"))
     argv = build_argv(plan)
     assert argv[argv.index("--cache-to") + 1] == "registry.example.com/team/app-cache"
-    off = make_build(annotations={jobs.CACHE_ANNOTATION: "none"})
+    off = make_build(annotations={buildconfigs.CACHE_ANNOTATION: "none"})
     _, plan = render(off, options(layer_cache_registry="cache.example.com/layers"))
     assert "--cache-to" not in build_argv(plan)
     _, plan = render(make_build(), options())
     assert "--cache-to" not in build_argv(plan)
     with pytest.raises(buildah.Unplannable, match="not a tag"):
-        render(make_build(annotations={jobs.CACHE_ANNOTATION: "r.example.com/c:v1"}), options())
+        render(
+            make_build(annotations={buildconfigs.CACHE_ANNOTATION: "r.example.com/c:v1"}), options()
+        )
 
 
 def test_the_cache_is_pushed_with_the_push_secret_not_the_pull_secret() -> None:

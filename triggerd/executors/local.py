@@ -33,8 +33,7 @@ from triggerd.executors import layer_cache
 from triggerd.executors.base import Failed, Outcome, Reporter
 from triggerd.images import references
 from triggerd.logs import LogStore, snippet
-from triggerd.model import buildconfigs
-from triggerd.model.builds import CONFIG_LABEL, Build, Reason
+from triggerd.model.builds import Build, Reason
 from triggerd.model.specs import VolumeSourceType
 from triggerd.planning import archives, buildah
 from triggerd.planning.plan import OutputName
@@ -47,8 +46,6 @@ PID_FILE = ".triggerd-pgid"
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
 LEGACY_DOCKER_CONFIG_KEY = ".dockercfg"
 SSH_KEY = "ssh-privatekey"
-#: Build annotation naming the registry repository used as layer cache ("none": off).
-CACHE_ANNOTATION = buildconfigs.CACHE_ANNOTATION
 #: Keys of a kubernetes.io/basic-auth secret.
 BASIC_USERNAME = "username"
 BASIC_PASSWORD = "password"  # noqa: S105 (the key name, not a password)
@@ -186,7 +183,7 @@ class LocalExecutor:
         settings = self.settings
         insecure = frozenset(h for h, r in settings.registries.items() if r.insecure)
         push_auth = self._push_auth(build, workspace)
-        cache = self._cache_repository(build)
+        cache = buildah.cache_repository(build, settings.layer_cache_registry)
         return buildah.PlanContext(
             storage_driver=settings.buildah.storage_driver,
             root=str(self.storage_root),
@@ -214,34 +211,6 @@ class LocalExecutor:
         setting), else the build's push credentials (the cache lives where builds push)."""
         configured = self.settings.registry(references.parse(cache).registry).auth_file
         return configured or push_auth
-
-    def _cache_repository(self, build: Build) -> str | None:
-        """The registry layer cache for this build: the Build's cache annotation (copied
-        from its BuildConfig), else ``<layerCacheRegistry>/<namespace>/<buildconfig>``."""
-        explicit = build.meta.annotations.get(CACHE_ANNOTATION)
-        if explicit is not None:
-            if explicit in ("", "none"):
-                return None
-            candidate = explicit
-        else:
-            registry = self.settings.layer_cache_registry
-            config = build.meta.labels.get(CONFIG_LABEL, "")
-            if not registry or not config:
-                return None
-            candidate = f"{str(registry).rstrip('/')}/{build.namespace}/{config}"
-        try:
-            ref = references.parse(candidate)
-        except ValueError as e:
-            raise _Refused(
-                Reason.GENERIC_BUILD_FAILED, f"layer cache repository {candidate!r}: {e}"
-            ) from e
-        # parse() fills in "latest"; a tag or digest written out is what is refused.
-        if ref.digest or ":" in candidate.rsplit("/", 1)[-1]:
-            raise _Refused(
-                Reason.GENERIC_BUILD_FAILED,
-                f"layer cache repository {candidate!r} must be a repository, not a tag",
-            )
-        return ref.name
 
     def _config_map_dirs(self, build: Build, workspace: Path) -> dict[str, str]:
         """Each config map of source.configMaps as a directory of one file per key. Config

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from triggerd.errors import PermanentError
 from triggerd.images import references
 from triggerd.model import imagestreams
-from triggerd.model.builds import Build, Reason, StageName
+from triggerd.model.buildconfigs import CACHE_ANNOTATION
+from triggerd.model.builds import CONFIG_LABEL, Build, Reason, StageName
 from triggerd.model.specs import (
     ContextInput,
     CustomStrategy,
@@ -878,3 +879,31 @@ def _builder_image(name: str, path: str) -> str:
         raise Unplannable(Reason.PULL_BUILDER_IMAGE_FAILED, f"{path}: {e}") from e
     # A pinned digest wins; name:tag@digest is not accepted by every containers/image version.
     return str(ref.with_digest(ref.digest)) if ref.digest else str(ref)
+
+
+def cache_repository(build: Build, layer_cache_registry: str | None) -> str | None:
+    """The registry layer cache of ``build``, the same for both executors: the cache
+    annotation (inherited from the BuildConfig; "none" or "" turns it off), else
+    ``<layerCacheRegistry>/<namespace>/<buildconfig>``; Unplannable when it names a tag."""
+    explicit = build.meta.annotations.get(CACHE_ANNOTATION)
+    if explicit is not None:
+        if explicit in ("", "none"):
+            return None
+        candidate = explicit
+    else:
+        config = build.meta.labels.get(CONFIG_LABEL, "")
+        if not layer_cache_registry or not config:
+            return None
+        candidate = f"{layer_cache_registry.rstrip('/')}/{build.namespace}/{config}"
+    try:
+        ref = references.parse(candidate)
+    except ValueError as e:
+        raise Unplannable(
+            Reason.GENERIC_BUILD_FAILED, f"layer cache repository {candidate!r}: {e}"
+        ) from e
+    if ref.digest or ":" in candidate.rsplit("/", 1)[-1]:
+        raise Unplannable(
+            Reason.GENERIC_BUILD_FAILED,
+            f"layer cache repository {candidate!r} must be a repository, not a tag",
+        )
+    return ref.name

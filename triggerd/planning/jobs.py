@@ -36,12 +36,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from triggerd.executors.base import Cancelled, Failed, Outcome, Succeeded
-from triggerd.images import references
 from triggerd.model import buildconfigs, specs
 from triggerd.model import meta as metas
-from triggerd.model.builds import CONFIG_LABEL, Build, Reason, Stage, StageName
+from triggerd.model.builds import Build, Reason, Stage, StageName
 from triggerd.model.specs import SourceRevision, VolumeSourceType
-from triggerd.planning.buildah import PlanContext, Unplannable
+from triggerd.planning import buildah
+from triggerd.planning.buildah import PlanContext
 from triggerd.planning.plan import (
     Capture,
     Command,
@@ -68,7 +68,6 @@ BUILD_PLAN_ANNOTATION: Final = "triggerd.dev/build-plan"
 #: privileged build pod.
 PRIVILEGED_ANNOTATION: Final = buildconfigs.PRIVILEGED_ANNOTATION
 #: The build's layer cache repository (or "none"), as for the host executor.
-CACHE_ANNOTATION: Final = buildconfigs.CACHE_ANNOTATION
 APPARMOR_ANNOTATION_PREFIX: Final = "container.apparmor.security.beta.kubernetes.io/"
 
 FETCH_CONTAINER: Final = "fetch"
@@ -213,34 +212,6 @@ def git_credential_helper(directory: str) -> str:
     )
 
 
-def cache_repository(build: Build, layer_cache_registry: str | None) -> str | None:
-    """The registry layer cache of ``build``, as the host executor picks it: the cache
-    annotation (inherited from the BuildConfig; "none" or "" turns it off), else
-    ``<layerCacheRegistry>/<namespace>/<buildconfig>``; Unplannable when it names a tag."""
-    explicit = build.meta.annotations.get(CACHE_ANNOTATION)
-    if explicit is not None:
-        if explicit in ("", "none"):
-            return None
-        candidate = explicit
-    else:
-        config = build.meta.labels.get(CONFIG_LABEL, "")
-        if not layer_cache_registry or not config:
-            return None
-        candidate = f"{layer_cache_registry.rstrip('/')}/{build.namespace}/{config}"
-    try:
-        ref = references.parse(candidate)
-    except ValueError as e:
-        raise Unplannable(
-            Reason.GENERIC_BUILD_FAILED, f"layer cache repository {candidate!r}: {e}"
-        ) from e
-    if ref.digest or ":" in candidate.rsplit("/", 1)[-1]:
-        raise Unplannable(
-            Reason.GENERIC_BUILD_FAILED,
-            f"layer cache repository {candidate!r} must be a repository, not a tag",
-        )
-    return ref.name
-
-
 def pull_secret(build: Build) -> str | None:
     """The strategy's pull secret (dockerStrategy, sourceStrategy or customStrategy)."""
     strategy = build.spec.strategy
@@ -282,7 +253,7 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         },
         secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
         config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
-        cache_repository=cache_repository(build, options.layer_cache_registry),
+        cache_repository=buildah.cache_repository(build, options.layer_cache_registry),
         # buildah build takes one --authfile for its pulls and its --cache-to push: with a
         # pull secret, the plan merges the push credentials in for the cache repository
         # (as on the host). Without one there is no --authfile, and REGISTRY_AUTH_FILE —
