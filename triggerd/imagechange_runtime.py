@@ -197,10 +197,12 @@ class ImageChangeRuntime:
     async def _catch_up(self) -> None:
         """On taking the lead over a shared store: what the previous leader may not have
         done, or what happened while nobody led. A spec tag never imported is imported
-        once; a config watching an ImageStreamTag is evaluated against the stream as it
-        is now (its trigger states and builds say what was built already, so nothing is
-        built twice, and an image recorded just before the previous leader stopped still
-        starts its build)."""
+        once; an output the previous leader did not record in its stream is recorded; a
+        config watching an ImageStreamTag is evaluated against the stream as it is now
+        (its trigger states and builds say what was built already, so nothing is built
+        twice, and an image recorded just before the previous leader stopped still starts
+        its build)."""
+        await self._safely(self._record_missed_outputs())
         for stream in list(self._seen_streams.values()):
             if not self.is_leader:
                 return  # stepped down meanwhile: the next leader catches up
@@ -214,6 +216,46 @@ class ImageChangeRuntime:
         for ident, watches in sorted(self._config_watches.items()):
             if any(w.key.startswith(imagechange.ISTAG_PREFIX) for w in watches):
                 await self._safely(self._evaluate(*ident))
+
+    async def _record_missed_outputs(self) -> None:
+        """The newest Complete build of each config that outputs to an ImageStreamTag:
+        when its digest is not in the tag's history and it ended after the newest item
+        was recorded (its leader went away between the two writes), record it now. An
+        older build is never put on top of a newer image."""
+        if not self.stream_registry:
+            return
+        for config in await self.engine.store.list_buildconfigs():
+            to = config.spec.output.to
+            if to is None or to.kind is not ReferenceKind.IMAGE_STREAM_TAG:
+                continue
+            query = stores.BuildQuery(
+                namespace=config.namespace,
+                config_name=config.name,
+                phases=frozenset({Phase.COMPLETE}),
+            )
+            done = [b async for b in self.engine.all_builds(query) if b.status.output_digest]
+            if not done:
+                continue
+            newest = max(done, key=lambda b: b.number)
+            out = newest.spec.output.to
+            ended = newest.status.completion_timestamp
+            if out is None or out.kind is not ReferenceKind.IMAGE_STREAM_TAG or ended is None:
+                continue
+            stream_name, _, tag = out.name.partition(":")
+            try:
+                stream = await self.streams.get_stream(
+                    out.namespace or config.namespace, stream_name
+                )
+            except NotFound:
+                continue
+            items = stream.history.get(tag, ())
+            if any(item.image == newest.status.output_digest for item in items):
+                continue
+            if items and items[0].created >= ended:
+                continue
+            log.info("recording %s/%s in its image stream (missed at a change of leader)",
+                     newest.namespace, newest.name)  # fmt: skip
+            await self.build_finished(newest)
 
     async def _evaluate(self, namespace: str, name: str) -> None:
         """Decide for a stored config with the images known now (read afresh)."""

@@ -848,3 +848,35 @@ async def test_an_import_asked_through_the_follower_is_made_once_by_the_leader(
     await b.runtime.drain()
     assert registry.counts["HEAD"] == 2  # one per tag, by the leader
     assert_stored_objects_valid(apiserver)
+
+
+async def test_an_output_the_old_leader_did_not_record_is_recorded_by_the_next(
+    make_replica: Callable[..., Awaitable[Replica]],
+    apiserver: FakeApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """base-1 ends Complete but its leader goes away before recording the image in the
+    stream (the two writes are not one transaction): the next leader records it, and app
+    is built on it, once."""
+    a, b = await leader_and_follower(make_replica)
+    await add_chain(a)
+
+    async def went_away(build: Build) -> None:
+        return None
+
+    monkeypatch.setattr(a.runtime, "build_finished", went_away)
+    name = await start_base(a)
+    await a.finish(name, D1)
+
+    async def complete() -> bool:
+        return (await b.store.get_build(NAMESPACE, name)).status.output_digest == D1
+
+    await async_wait_for(complete, timeout=10, what="base-1 complete")
+    assert history(await served_stream(b)) == []
+    await a.elector.stop()
+    await async_wait_for(lambda: b.elector.is_leader, timeout=10, what="b leads")
+    (app_1,) = await async_wait_for(lambda: b.builds("app"), timeout=10, what="app-1")
+    assert pin(app_1) == base_image(D1)
+    assert history(await served_stream(b)) == [D1]
+    await b.runtime.drain()
+    assert len(await b.builds("app")) == 1
