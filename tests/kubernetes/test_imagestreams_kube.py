@@ -200,7 +200,8 @@ async def test_a_record_that_loses_a_race_is_made_again_on_the_newer_stream(
 ) -> None:
     """Replica a reads the stream, then replica b records an image before a writes: a's
     write carries the old resourceVersion, gets 409, and a records again on b's result.
-    Then sixteen records of both replicas at once: every one is in the history."""
+    Then forty records of both replicas at once (eight per tag, within the history limit):
+    every one is in the history."""
     a, b = two_stores
     await a.create_stream(imagestreams.parse(stream_doc()), now=T0)
     patch = a.kube.merge_patch
@@ -221,18 +222,18 @@ async def test_a_record_that_loses_a_race_is_made_again_on_the_newer_stream(
     assert len(apiserver.calls.patch_content_types) - before == 3
     monkeypatch.undo()
 
-    digests = [f"sha256:{n:064x}" for n in range(16)]
+    digests = [f"sha256:{n:064x}" for n in range(40)]
     await asyncio.gather(
         *(
-            (a if n % 2 else b).record_tag(NAMESPACE, "base", f"t{n % 4}", event(d, n))
+            (a if n % 2 else b).record_tag(NAMESPACE, "base", f"t{n % 5}", event(d, n))
             for n, d in enumerate(digests)
         )
     )
     final = await b.get_stream(NAMESPACE, "base")
-    for tag in ("t0", "t1", "t2", "t3"):
+    for tag in ("t0", "t1", "t2", "t3", "t4"):
         items = final.history[tag]
-        assert sorted(i.image for i in items) == sorted(digests[int(tag[1]) :: 4])
-        assert sorted(i.generation for i in items) == [1, 2, 3, 4]
+        assert sorted(i.image for i in items) == sorted(digests[int(tag[1]) :: 5])
+        assert sorted(i.generation for i in items) == list(range(1, 9))
     assert_stored_objects_valid(apiserver)
 
 

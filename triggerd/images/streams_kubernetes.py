@@ -11,11 +11,13 @@ order of the triggers.
 
 Every status write is read-modify-write: a JSON merge patch carrying the resourceVersion
 it was computed from, made again on 409 (another replica's import, a build's lastVersion
-bump), and skipped when it would change nothing; so two replicas recording tags at once
-both land, and nothing is overwritten blindly. What is not written: ``await_first`` (a
-build used a registry tag before its digest was known) has no field in OpenShift's shape;
-the runtime derives it from that build's image-triggers annotation on every read. Only the
-leader acts on images; every replica serves the API from here and follows changes with
+bump) after a short random pause, and skipped when it would change nothing; so two
+replicas recording tags at once both land, and nothing is overwritten blindly. Within one
+process the writes to one object queue on a lock, so only other replicas' writes conflict.
+What is not written: ``await_first`` (a build used a registry tag before its digest was
+known) has no field in OpenShift's shape; the runtime derives it from that build's
+image-triggers annotation on every read. Only the leader acts on images; every replica
+serves the API from here and follows changes with
 :meth:`KubernetesStreamsStore.watch_streams`. Never writes without a precondition.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 IMAGESTREAMS: Final = "imagestreams"
 #: Server-owned metadata a create must not send.
 _SERVER_FIELDS: Final = ("uid", "resourceVersion", "creationTimestamp", "generation")
+#: After the n-th write lost to another replica's: a random pause of up to this times 2**n
+#: seconds (capped), so that writers of several replicas do not keep colliding in step.
+CONFLICT_BACKOFF_SECONDS: Final = 0.005
+CONFLICT_BACKOFF_MAX_SECONDS: Final = 0.2
 
 Status = dict[str, Any]
 
@@ -70,6 +77,10 @@ class KubernetesStreamsStore:
         self.namespace = namespace
         #: ``imageStreamRegistry``: written as ``status.dockerImageRepository`` (kubectl shows it)
         self.registry = registry
+        #: one read-modify-write per object at a time in this process: its own concurrent
+        #: writers (builds ending together) queue here instead of conflicting at the API
+        #: server, where only other replicas' writes remain to lose to
+        self._writing: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     def _path(self, namespace: str | None, name: str | None = None) -> str:
         return path_for(GROUP_VERSION, IMAGESTREAMS, namespace or self.namespace, name)
@@ -270,29 +281,31 @@ class KubernetesStreamsStore:
         nothing; a write that would change nothing is not made."""
         wanted = {state.index: state for state in states}
         path = path_for(GROUP_VERSION, BUILDCONFIGS, namespace, config) + "/status"
-        for _ in range(MAX_ATTEMPTS):
-            found = await self._config(namespace, config)
-            if found is None:
-                return
-            parsed, doc = found
-            stored = _trigger_entries(doc)
-            merged = {**decode_states(parsed, stored), **wanted}
-            entries = imagechange.status_entries(parsed, merged)
-            if entries == stored:
-                return
-            patch = {
-                "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
-                "status": {"imageChangeTriggers": entries or None},
-            }
-            try:
-                await self.kube.merge_patch(path, patch)
-            except KubeError as e:
-                if e.conflict:
-                    continue
-                if e.not_found:
+        async with self._lock(BUILDCONFIGS, namespace, config):
+            for attempt in range(MAX_ATTEMPTS):
+                found = await self._config(namespace, config)
+                if found is None:
                     return
-                raise to_domain_error(e, buildconfigs.KIND, config) from e
-            return
+                parsed, doc = found
+                stored = _trigger_entries(doc)
+                merged = {**decode_states(parsed, stored), **wanted}
+                entries = imagechange.status_entries(parsed, merged)
+                if entries == stored:
+                    return
+                patch = {
+                    "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
+                    "status": {"imageChangeTriggers": entries or None},
+                }
+                try:
+                    await self.kube.merge_patch(path, patch)
+                except KubeError as e:
+                    if e.conflict:
+                        await _back_off(attempt)
+                        continue
+                    if e.not_found:
+                        return
+                    raise to_domain_error(e, buildconfigs.KIND, config) from e
+                return
         raise errors.TemporaryError(f"BuildConfig {config!r} keeps changing; retry", 1.0)
 
     async def delete_trigger_states(self, namespace: str, config: str) -> None:
@@ -333,16 +346,20 @@ class KubernetesStreamsStore:
     ) -> dict[str, Any]:
         """Read the stream, ask ``change`` for the new status (None: nothing to write) and
         write it with the resourceVersion read; a 409 reads and asks again."""
-        for _ in range(MAX_ATTEMPTS):
-            doc = await self._get(namespace, name)
-            status = change(doc)
-            if status is None:
-                return doc
-            try:
-                return await self._patch_status(doc, status)
-            except errors.Conflict:
-                continue
+        async with self._lock(IMAGESTREAMS, namespace, name):
+            for attempt in range(MAX_ATTEMPTS):
+                doc = await self._get(namespace, name)
+                status = change(doc)
+                if status is None:
+                    return doc
+                try:
+                    return await self._patch_status(doc, status)
+                except errors.Conflict:
+                    await _back_off(attempt)
         raise errors.TemporaryError(f"ImageStream {name!r} keeps changing; retry", 1.0)
+
+    def _lock(self, plural: str, namespace: str, name: str) -> asyncio.Lock:
+        return self._writing.setdefault((plural, namespace, name), asyncio.Lock())
 
     async def _patch_status(self, doc: Mapping[str, Any], status: Status) -> dict[str, Any]:
         meta = doc.get("metadata") or {}
@@ -357,6 +374,11 @@ class KubernetesStreamsStore:
         patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": status}
         path = self._path(str(meta.get("namespace") or self.namespace), name) + "/status"
         return await self._call(name, lambda: self.kube.merge_patch(path, patch))
+
+
+async def _back_off(attempt: int) -> None:
+    limit = min(CONFLICT_BACKOFF_SECONDS * 2**attempt, CONFLICT_BACKOFF_MAX_SECONDS)
+    await asyncio.sleep(random.uniform(0, limit))  # noqa: S311 - spreading retries, no secret
 
 
 # Conversions ---------------------------------------------------------------------------------
