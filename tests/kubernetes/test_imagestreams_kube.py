@@ -183,7 +183,12 @@ async def test_streams_history_and_conditions_are_one_resource_both_replicas_rea
     replaced = await b.replace_stream(imagestreams.parse(stream_doc(tags=[])))
     assert replaced.tags == ()
     assert [i.image for i in replaced.history["latest"]] == [D2, D1]
-    assert [s.name for s in await a.list_streams()] == ["base"]
+    # the smallest stream a client may send: no spec at all
+    bare = await a.create_stream(
+        imagestreams.parse({"metadata": {"name": "bare", "namespace": NAMESPACE}}), now=T0
+    )
+    assert bare.tags == () and stored(apiserver, "bare")["spec"] == {}
+    assert [s.name for s in await a.list_streams()] == ["bare", "base"]
     assert_stored_objects_valid(apiserver)
     await a.delete_stream(NAMESPACE, "base")
     with pytest.raises(errors.NotFound):

@@ -388,6 +388,7 @@ def stream_to_resource(stream: imagestreams.ImageStream) -> dict[str, Any]:
     """The custom resource of ``stream`` (its status: the history, without conditions)."""
     doc = stream.to_dict()
     doc["apiVersion"] = GROUP_VERSION
+    doc.setdefault("spec", {})  # OpenShift always writes one, if empty
     doc["status"] = {"tags": _status_tags(stream.history, {})}
     return doc
 
