@@ -34,9 +34,10 @@ from tests.support.buildah import BuildahEnv, publish_busybox_base
 from tests.support.gitrepo import GitDaemon, GitRepoFactory
 from tests.support.registry import Registry
 from triggerd.executors.base import Succeeded
-from triggerd.executors.local import CACHE_ANNOTATION, LocalExecutor
+from triggerd.executors.local import LocalExecutor
 from triggerd.logs import LogStore
 from triggerd.model import builds
+from triggerd.model.buildconfigs import CACHE_ANNOTATION
 from triggerd.settings import BuildahSettings, RegistrySettings, Settings
 
 WARM_TARGET = 0.15

@@ -492,12 +492,12 @@ INPUT_SPEC: dict[str, Any] = {
 }
 
 
-def build_with(**spec: Any) -> Build:
+def build_with(annotations: dict[str, str] | None = None, **spec: Any) -> Build:
     doc = factories.buildconfig_doc("inputs", namespace="triggerd")
     doc["spec"].update(spec)
     made = requests.instantiate(
-        buildconfigs.parse(doc), requests.BuildRequest(), number=1, uid="uid-inputs-1",
-        created=factories.T0,
+        buildconfigs.parse(doc), requests.BuildRequest(annotations=annotations or {}),
+        number=1, uid="uid-inputs-1", created=factories.T0,
     )  # fmt: skip
     return dataclasses.replace(made, status=dataclasses.replace(made.status, phase=Phase.PENDING))
 
@@ -573,13 +573,10 @@ async def test_a_missing_push_secret_is_named(
 async def test_binary_builds_are_refused_with_a_reason(
     executor: KubernetesExecutor, apiserver: FakeApiServer, logs: LogStore
 ) -> None:
-    build = build_with(source={"type": "Binary", "binary": {}})
-    build = dataclasses.replace(
-        build,
-        meta=dataclasses.replace(
-            build.meta,
-            annotations={**build.meta.annotations, archives.INPUT_ANNOTATION: "sha256:" + "0" * 64},
-        ),
+    # An upload was made (instantiatebinary on this replica); a Job cannot take it along.
+    build = build_with(
+        annotations={archives.INPUT_ANNOTATION: "sha256:" + "0" * 64},
+        source={"type": "Binary", "binary": {}},
     )
     outcome = await asyncio.wait_for(executor.run(build, Recorder()), 10)
     assert isinstance(outcome, Failed)
