@@ -123,6 +123,7 @@ def build_components(settings: Settings) -> tuple[Engine, web.Application]:
             logs,
             owner_builds=settings.store == "kubernetes",
             layer_cache_registry=settings.layer_cache_registry,
+            image_stream_registry=settings.image_stream_registry,
         )
     else:
         from triggerd.executors.local import LocalExecutor

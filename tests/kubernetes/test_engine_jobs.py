@@ -236,7 +236,7 @@ async def test_cancel_over_the_api_deletes_the_job_in_the_background(
     await async_wait_for(lambda: not cluster.pod_names(job_name), timeout=5, what="pod gone")
 
 
-def test_triggerd_serve_gives_the_job_executor_the_layer_cache_setting(
+def test_triggerd_serve_gives_the_job_executor_the_registry_settings(
     kube_settings: KubernetesSettings, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -245,7 +245,9 @@ def test_triggerd_serve_gives_the_job_executor_the_layer_cache_setting(
         kubernetes=kube_settings,
         api_tokens=(TOKEN,),
         layer_cache_registry="cache.example.com/triggerd",
+        image_stream_registry="streams.example.com",
     )
     engine, _ = build_components(settings)
     assert isinstance(engine.executor, KubernetesExecutor)
     assert engine.executor.layer_cache_registry == "cache.example.com/triggerd"
+    assert engine.executor.image_stream_registry == "streams.example.com"

@@ -731,3 +731,19 @@ def test_a_job_that_says_nothing_yet_explains_nothing() -> None:
     running = job_with(activeDeadlineSeconds=60)
     assert jobs.explain_stop(running, deadline_seconds=60, cancelled=False, now=early) is None
     assert jobs.explain_stop(None, deadline_seconds=60, cancelled=True, now=early) == Cancelled()
+
+
+def test_an_image_stream_tag_output_is_pushed_to_the_image_stream_registry() -> None:
+    build = make_build(
+        output={"to": {"kind": "ImageStreamTag", "name": "app:v2"}},
+    )
+    with pytest.raises(buildah.Unplannable, match="imageStreamRegistry"):
+        render(build, options())
+    job, plan = render(build, options(image_stream_registry="streams.example.com"))
+    pushes = [
+        s.action.argv
+        for s in plan.steps
+        if isinstance(s.action, Command) and "push" in s.action.argv[:8]
+    ]
+    assert pushes and "streams.example.com/triggerd/app:v2" in " ".join(map(str, pushes[0]))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)

@@ -79,6 +79,7 @@ def job_options(
     *,
     owner_builds: bool,
     layer_cache_registry: str | None = None,
+    image_stream_registry: str | None = None,
 ) -> jobs.JobOptions:
     """The renderer's options for ``build`` (owner is the Build CR when that store is used)."""
     return jobs.JobOptions(
@@ -96,6 +97,7 @@ def job_options(
         fetch_uid=settings.fetch_uid,
         insecure_registries=settings.insecure_registries,
         layer_cache_registry=layer_cache_registry,
+        image_stream_registry=image_stream_registry,
         owner_uid=build.meta.uid if owner_builds else "",
     )
 
@@ -112,6 +114,7 @@ class KubernetesExecutor:
         owner_builds: bool = False,
         recheck_seconds: int = 30,
         layer_cache_registry: str | None = None,
+        image_stream_registry: str | None = None,
         stop_explained_within: float = 60.0,
     ) -> None:
         self.kube = kube
@@ -122,6 +125,8 @@ class KubernetesExecutor:
         self.recheck_seconds = recheck_seconds
         #: the ``layerCacheRegistry`` setting (the cache annotation of a build wins)
         self.layer_cache_registry = layer_cache_registry
+        #: the ``imageStreamRegistry`` setting: ImageStreamTag outputs are pushed there
+        self.image_stream_registry = image_stream_registry
         #: a pod stopped from outside whose Job still says nothing after this long was
         #: deleted under the build (the Job controller normally says so within seconds)
         self.stop_explained_within = stop_explained_within
@@ -147,6 +152,7 @@ class KubernetesExecutor:
                 build,
                 owner_builds=self.owner_builds,
                 layer_cache_registry=self.layer_cache_registry,
+                image_stream_registry=self.image_stream_registry,
             )
             try:
                 refuse_unsupported(build)

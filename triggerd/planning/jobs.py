@@ -129,6 +129,8 @@ class JobOptions:
     insecure_registries: frozenset[str] = frozenset()
     #: ``layerCacheRegistry``: builds cache layers in ``<it>/<namespace>/<buildconfig>``
     layer_cache_registry: str | None = None
+    #: ``imageStreamRegistry``: where ImageStreamTag outputs (and builders) live
+    image_stream_registry: str | None = None
     #: the Build custom resource's uid when the Build is one (ownerReference), else ""
     owner_uid: str = ""
     owner_api_version: str = "triggerd.dev/v1"
@@ -241,6 +243,7 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         runroot=STORAGE_RUNROOT,
         isolation="chroot",
         insecure_registries=options.insecure_registries,
+        image_stream_registry=options.image_stream_registry,
         push_auth_file=push_auth,
         pull_auth_file=pull_auth,
         # Both ways: an ssh-auth secret has the key file, a basic-auth one the two files
