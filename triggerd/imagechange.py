@@ -263,9 +263,10 @@ def decide(
     all that fire together make ONE build. A trigger that has never fired records its first
     image without building when ``initial_build`` is off or when a build already used the
     tag before its digest was known (``await_first``). A paused config or trigger (and an
-    image id already recorded) fires nothing and changes no state.
+    image id already recorded) fires nothing and changes no state; nor does a config with
+    binary source, whose builds need an upload no image change brings.
     """
-    if config.paused:
+    if config.paused or requests.has_binary_source(config.spec.source):
         return Decision(request=None, fired=(), states=())
     fired: list[tuple[WatchedImage, str]] = []
     seen_only: list[TriggerState] = []

@@ -149,12 +149,17 @@ def check_clone_request(request: BuildRequest, build_name: str) -> None:
         raise Invalid(KIND, build_name, fields.errors)
 
 
+def has_binary_source(source: specs.BuildSource) -> bool:
+    """Whether builds with ``source`` take their input from an upload."""
+    return source.binary is not None or source.type is specs.SourceType.BINARY
+
+
 def missing_binary_input(
     config_name: str, source: specs.BuildSource, annotations: Mapping[str, str]
 ) -> str | None:
     """Why a build with ``source`` and ``annotations`` cannot run, when it has binary
     source and no upload; None when it can."""
-    if source.binary is None and source.type is not specs.SourceType.BINARY:
+    if not has_binary_source(source):
         return None
     if annotations.get(builds.BINARY_INPUT_ANNOTATION):
         return None
