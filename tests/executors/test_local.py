@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from tests.support.gitrepo import AUTHOR_EMAIL, AUTHOR_NAME, GitRepoFactory, Sym
 from tests.support.ports import free_port
 from tests.support.registry import RegistryFactory
 from triggerd.executors.base import Cancelled, Failed, Succeeded
-from triggerd.executors.local import PID_FILE, LocalExecutor, _record_group
+from triggerd.executors.local import LAYER_USES_DIR, PID_FILE, LocalExecutor, _record_group
 from triggerd.model.builds import Reason, StageName
 from triggerd.settings import RegistrySettings, SecretSettings
 
@@ -190,6 +191,20 @@ async def test_inline_dockerfile_without_git(env: ExecutorEnv) -> None:
     assert isinstance(outcome, Succeeded), log
     assert "inline-ok" in log
     assert reporter.revisions == []
+
+
+async def test_layer_cache_bookkeeping_failure_keeps_the_outcome(env: ExecutorEnv) -> None:
+    """The last-use records cannot be written (their directory is a file): the build that
+    built its image still succeeds, and the failure is only logged."""
+    settings = dataclasses.replace(env.settings(), layer_cache_max_age_seconds=3600.0)
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / LAYER_USES_DIR).write_text("not a directory")
+    spec = {
+        "source": {"type": "Dockerfile", "dockerfile": f"FROM {env.base_image}\nRUN echo kept\n"},
+        "strategy": {"type": "Docker", "dockerStrategy": {}},
+    }
+    outcome = await env.executor(settings).run(make_build(spec, "kept-1"), RecordingReporter())
+    assert isinstance(outcome, Succeeded), env.logs.read("team", "kept-1").decode()
 
 
 async def test_failing_run_step(env: ExecutorEnv, git_repo_factory: GitRepoFactory) -> None:

@@ -140,9 +140,7 @@ class LocalExecutor:
                 # A killed buildah leaves its working container behind in the storage.
                 self._sweep_needed = True
             built = result.outputs.get(OutputName.IMAGE_ID, "") if result else ""
-            await self._record_use(tap.ids | ({built} if built else set()))
-            await self._sweep_if_idle()
-            await self.prune_layer_cache()
+            await self._housekeep(tap.ids | ({built} if built else set()))
 
     async def cancel(self, namespace: str, name: str) -> bool:
         active = self._active.get((namespace, name))
@@ -390,6 +388,17 @@ class LocalExecutor:
         )
         helper.chmod(0o700)
         return str(helper)
+
+    async def _housekeep(self, used: set[str]) -> None:
+        """Layer cache bookkeeping after a build. It runs while the build's outcome is being
+        returned: a failure here (a full disk, a storage buildah cannot read) is logged and
+        must not turn a pushed image into a build in Error."""
+        try:
+            await self._record_use(used)
+            await self._sweep_if_idle()
+            await self.prune_layer_cache()
+        except Exception:
+            log.exception("layer cache housekeeping after a build failed")
 
     async def _record_use(self, ids: set[str]) -> None:
         """Touch the last-use record of every image on the layer chains the build used."""
