@@ -219,10 +219,13 @@ def evaluate_generic(
 
     As OpenShift: no ref means "build the config's ref"; a ``git.ref`` must match the
     config's ref, and of post-receive ``refs[]`` the first matching entry is built. Beyond
-    OpenShift, the trigger's ``branches``/``tags`` patterns apply (a ref that only a pattern
-    accepts must carry its commit: without one the config's ref would be built instead),
-    and so do ``skipCi`` and ``ignoreAuthors``; ``paths`` cannot, as the payload lists no
-    changed files, so building is the safe answer there, as for partial push payloads.
+    OpenShift, the trigger's ``branches``/``tags`` patterns apply, and so do ``skipCi`` and
+    ``ignoreAuthors``; ``paths`` cannot, as the payload lists no changed files, so building
+    is the safe answer there, as for partial push payloads. Unlike OpenShift, a config
+    without a ref (it follows the default branch) and without patterns builds any ref
+    that carries its commit, and refuses one without: a ref that only a pattern or an
+    empty config ref accepts is built from its commit, since fetching it by name would
+    build the config's ref (or the default branch) instead of the one asked for.
     """
     if config.paused:
         return GenericVerdict(accepted=False, reason=f"buildconfig {config.name} is paused")

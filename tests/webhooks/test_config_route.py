@@ -320,6 +320,16 @@ async def test_generic_ref_must_be_the_configs(hooks: Hooks) -> None:
     assert reply.body["triggered"][0]["revision"] == "a" * 40
 
 
+async def test_answer_that_orjson_refuses_is_written_escaped(hooks: Hooks) -> None:
+    """A lone surrogate (valid JSON escape, no UTF-8 form) echoed in the skip reason."""
+    await hooks.add_config(triggers=[trigger("Generic")])
+    body = b'{"git": {"ref": "refs/heads/x\\ud800", "commit": "' + b"a" * 40 + b'"}}'
+    reply = await hooks.post(config_path("app", "generic"), body, {"Content-Type": JSON})
+    assert reply.status == 200, reply.text
+    assert "\\ud800" in reply.text
+    assert reply.body["reason"] == "ref x\ud800 does not match the config's ref main"
+
+
 async def test_generic_post_receive_refs_build_the_first_matching_entry(hooks: Hooks) -> None:
     """OpenShift loops over git.refs; the branch the config builds need not come first."""
     await hooks.add_config(triggers=[trigger("Generic")])

@@ -49,8 +49,11 @@ SECRET_QUERY: Final = "secret"  # noqa: S105 - a parameter name, not a secret
 #: Bodies above this are parsed and hashed off the event loop, which must keep serving.
 _OFFLOAD_BYTES: Final = 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
+#: What orjson refuses (a lone surrogate a payload carried, an int over 64 bits) json
+#: writes: escaped to ASCII, since an answer's text is sent as UTF-8, which has no form
+#: for a lone surrogate.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), default=str)
 #: Request-scoped storage key of the lowered headers (see _headers).
-_ENCODER: Final = json.JSONEncoder()
 _LOWERED_HEADERS: Final = web.RequestKey[Mapping[str, str]]("triggerd.lowered_headers")
 _SHOWN_ID_CHARS: Final = 80
 #: How many per-config refusals one log line lists (an org ping may try every config).
