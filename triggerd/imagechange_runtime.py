@@ -163,8 +163,11 @@ class ImageChangeRuntime:
         if watch is not None and self.engine.leadership is not None:
             # BuildConfigs applied with kubectl never pass through any engine: every replica
             # follows them (its index answers notifications); only the leader acts on them.
+            # include_invalid: a config that turns unparseable (kubectl skips our checks)
+            # must leave the index, or its image keeps naming a config nobody can read.
             self._follow_task = asyncio.create_task(
-                self._follow_configs(watch), name="image change config watch"
+                self._follow_configs(lambda: watch(include_invalid=True)),
+                name="image change config watch",
             )
         watch_streams = getattr(self.streams, "watch_streams", None)
         if watch_streams is not None:
@@ -326,21 +329,35 @@ class ImageChangeRuntime:
         while True:
             try:
                 async for event in watch():
-                    ident = (event.config.namespace, event.config.name)
-                    if event.type == "DELETED":
-                        self._config_marks.pop(ident, None)
-                        await self.config_deleted(*ident)
-                        continue
-                    mark = _config_mark(event.config)
-                    if self._config_marks.get(ident) == mark:
-                        continue  # its status changed (a build's number, trigger states)
-                    self._config_marks[ident] = mark
-                    await self.config_changed(event.config, created=False)
+                    # One config's trouble (a store write failing) must not restart the
+                    # watch for everyone.
+                    await self._safely(self._config_event(event))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("following BuildConfigs for image change triggers failed")
                 await asyncio.sleep(1.0)
+
+    async def _config_event(self, event: Any) -> None:
+        """One event of the store's BuildConfig watch (``include_invalid``: ``config`` is
+        None for a stored object triggerd cannot parse)."""
+        ident = (event.namespace, event.name)
+        if event.type == "DELETED":
+            self._config_marks.pop(ident, None)
+            await self.config_deleted(*ident)
+            return
+        if event.config is None:
+            # Unreadable now: nothing can be decided for it, so it leaves the index (its
+            # trigger states stay: once fixed it must not rebuild what it already built).
+            self._config_marks.pop(ident, None)
+            self._unindex_config(ident)
+            self._sync_watches()
+            return
+        mark = _config_mark(event.config)
+        if self._config_marks.get(ident) == mark:
+            return  # its status changed (a build's number, trigger states)
+        self._config_marks[ident] = mark
+        await self.config_changed(event.config, created=False)
 
     async def _follow_streams(self, watch: Callable[[], AsyncIterator[Any]]) -> None:
         while True:
@@ -694,7 +711,15 @@ class ImageChangeRuntime:
         self.watcher.note_digest(key, digest)
         if previous != digest:
             metrics.DIGESTS_SEEN.labels(push.source.value).inc()
-        await self._moved(key, push.reference, digest, observed_at)
+        try:
+            await self._moved(key, push.reference, digest, observed_at)
+        except BaseException:
+            # Not acted on everywhere: the next poll must see the move again (and a
+            # redelivery must not be taken for a repeat). "" is the watcher's "no digest
+            # known" to every reader (TagWatcher offers no way back to None).
+            if self.watcher.last_digest(key) == digest:
+                self.watcher.note_digest(key, previous or "")
+            raise
         if handled is not None:
             self._handled[handled] = None
             while len(self._handled) > HANDLED_DELIVERIES:
@@ -707,10 +732,22 @@ class ImageChangeRuntime:
     async def _moved(
         self, key: str, ref: references.ImageReference, digest: str, observed_at: float | None
     ) -> None:
+        """Fire every config watching ``key`` and import into every stream tag that does,
+        each on its own: one that fails leaves the others alone. Raises TemporaryError at
+        the end when something is worth retrying, so the caller (the watcher, a
+        notification) reports this move again; those that acted dedupe then."""
         image_id = str(ref.with_digest(digest))
-        await self._fire(key, image_id, observed_at)
+        done = await self._fire(key, image_id, observed_at)
         for namespace, stream, tag in sorted(self._imports.get(key, ())):
-            await self._import(namespace, stream, tag, key, digest, observed_at)
+            try:
+                await self._import(namespace, stream, tag, key, digest, observed_at)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("import of %s into %s/%s:%s failed", key, namespace, stream, tag)
+                done = False
+        if not done:
+            raise TemporaryError(f"{key} moving to {digest} was not acted on everywhere; retried")
 
     async def _import(
         self,
@@ -751,15 +788,45 @@ class ImageChangeRuntime:
             # change this replica has not handled yet must still look new to it.
             self._seen_streams[(namespace, stream)] = replace(seen, history=updated.history)
         if changed:
+            # Each watcher is decided on its own; one that fails here is logged (the item
+            # is recorded, so no retry of the move would fire it again).
             await self._fire(imagechange.istag_key(namespace, stream, tag), image_ref, observed_at)
 
-    async def _fire(self, key: str, image_id: str, observed_at: float | None) -> None:
-        for namespace, name in sorted(self._by_key.get(key, ())):
-            try:
-                config = await self.engine.store.get_buildconfig(namespace, name)
-            except NotFound:
-                continue
+    async def _fire(self, key: str, image_id: str, observed_at: float | None) -> bool:
+        """Decide for every config watching ``key``; False when one failed in a way worth
+        retrying (see :meth:`_fire_one`)."""
+        done = True
+        for ident in sorted(self._by_key.get(key, ())):
+            done = await self._fire_one(ident, key, image_id, observed_at) and done
+        return done
+
+    async def _fire_one(
+        self, ident: ConfigId, key: str, image_id: str, observed_at: float | None
+    ) -> bool:
+        """Decide for one config, isolated from the others watching the same image.
+
+        A config triggerd cannot read (stored by kubectl, Invalid) or whose build cannot
+        be made is logged and skipped: retrying cannot help until it changes, and a change
+        evaluates it again. A temporary failure (or a bug) returns False: its trigger did
+        not fire, so the move must be reported again."""
+        namespace, name = ident
+        try:
+            config = await self.engine.store.get_buildconfig(namespace, name)
             await self.trigger(config, {key: image_id}, observed_at=observed_at)
+        except asyncio.CancelledError:
+            raise
+        except NotFound:
+            return True
+        except (Invalid, Conflict, PermanentError) as e:
+            log.warning("%s/%s: %s not acted on: %s", namespace, name, image_id, e)
+            return True
+        except TemporaryError as e:
+            log.warning("%s/%s: %s not acted on yet: %s", namespace, name, image_id, e)
+            return False
+        except Exception:
+            log.exception("%s/%s: acting on %s failed", namespace, name, image_id)
+            return False
+        return True
 
     async def trigger(
         self,
