@@ -8,7 +8,9 @@ watches the Job's pod, resuming from the last resourceVersion and relisting afte
 until the pod ends. Pod states become Reporter calls and the final Outcome; the init and
 build containers' logs are streamed (follow) into the :class:`~triggerd.logs.LogStore` so
 the log API works while the build runs and after the pod is gone. Cancel deletes the Job
-with background propagation.
+with background propagation. After a rolling upgrade, a build's Job of the name the earlier
+version gave it is adopted by :meth:`KubernetesExecutor.recover` when its uid annotation is
+the build's, and followed, cancelled and deleted as a Job of today's name.
 
 Only what the cluster says ends a build: a dropped connection, a 5xx or a throttled request
 while watching, reading the Job or streaming a log is retried (the watch resumes from its
@@ -25,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +133,9 @@ class KubernetesExecutor:
         #: deleted under the build (the Job controller normally says so within seconds)
         self.stop_explained_within = stop_explained_within
         self._active: dict[tuple[str, str], _Active] = {}
+        #: builds whose Job :meth:`recover` found under the name an earlier triggerd
+        #: version gave it (:func:`jobs.legacy_name_job`): their run follows that Job
+        self._legacy: dict[tuple[str, str], str] = {}
 
     @property
     def jobs_path(self) -> str:
@@ -146,6 +151,7 @@ class KubernetesExecutor:
         if key in self._active:
             raise RuntimeError(f"build {build.namespace}/{build.name} is already running")
         active = self._active[key] = _Active()
+        legacy = self._legacy.pop(key, None)
         try:
             options = job_options(
                 self.settings,
@@ -158,40 +164,55 @@ class KubernetesExecutor:
                 refuse_unsupported(build)
                 plan = buildah.render(build, jobs.plan_context(build, options))
             except buildah.Unplannable as e:
+                if legacy is not None:
+                    # Not to be followed any more: it must not build on unwatched.
+                    await self._delete_job_quietly(legacy, uid=build.meta.uid)
                 return self._refuse(build, e.reason, str(e))
-            manifest = jobs.render_job(build, plan, options)
-            job_name = str(manifest["metadata"]["name"])
-            try:
-                missing = await self._checked_volume_sources(job_name, manifest)
-                if missing is not None:
-                    return self._refuse(build, *missing)
-                adopted = await self._create_or_adopt(build, job_name, manifest)
-            except KubeError as e:
-                message = f"{Reason.CANNOT_CREATE_BUILD_POD.message} {e.status} {e.message}"
-                with self.logs.open_writer(build.namespace, build.name) as writer:
-                    writer.line(f"--> {message}")
-                # A create whose answer was lost may have made it after all.
-                await self._delete_job_quietly(job_name, uid=build.meta.uid)
-                return Failed(
-                    reason=Reason.CANNOT_CREATE_BUILD_POD, message=message, log_snippet=""
-                )
+            # A Job of an earlier version is told apart from another build's by its uid
+            # annotation only (its name and labels do not say the namespace).
+            owner = build.meta.uid if legacy is not None else ""
+            if legacy is not None:
+                job_name, adopted = legacy, True
+            else:
+                manifest = jobs.render_job(build, plan, options)
+                job_name = str(manifest["metadata"]["name"])
+                try:
+                    missing = await self._checked_volume_sources(job_name, manifest)
+                    if missing is not None:
+                        return self._refuse(build, *missing)
+                    adopted = await self._create_or_adopt(build, job_name, manifest)
+                except KubeError as e:
+                    message = f"{Reason.CANNOT_CREATE_BUILD_POD.message} {e.status} {e.message}"
+                    with self.logs.open_writer(build.namespace, build.name) as writer:
+                        writer.line(f"--> {message}")
+                    # A create whose answer was lost may have made it after all.
+                    await self._delete_job_quietly(job_name, uid=build.meta.uid)
+                    return Failed(
+                        reason=Reason.CANNOT_CREATE_BUILD_POD, message=message, log_snippet=""
+                    )
             if active.cancel_requested:
-                await self._delete_job(job_name)
+                await self._delete_job(job_name, uid=owner)
                 return Cancelled()
             try:
                 outcome = await self._follow(
-                    build, job_name, plan, reporter, active, adopted=adopted
+                    build,
+                    job_name,
+                    plan,
+                    reporter,
+                    active,
+                    adopted=adopted,
+                    legacy=legacy is not None,
                 )
             except asyncio.CancelledError:
                 raise  # this replica stops following; the Job goes on for the next leader
             except Exception:
                 # The engine ends the build as Error: nothing may build on for it.
-                await self._delete_job_quietly(job_name)
+                await self._delete_job_quietly(job_name, uid=owner)
                 raise
             if isinstance(outcome, Failed):
                 # Ended (evicted, deleted, failed, out of time): nothing may go on building
                 # or pushing for it, not even a pod the Job controller would start next.
-                await self._delete_job_quietly(job_name)
+                await self._delete_job_quietly(job_name, uid=owner)
             return outcome
         finally:
             del self._active[key]
@@ -259,14 +280,39 @@ class KubernetesExecutor:
             active.cancel_requested = True
             active.wake.set()
         deleted = await self._delete_job(jobs.name_job(namespace, name))
-        return deleted or active is not None
+        deleted_legacy = await self._delete_legacy_job(namespace, name)
+        return deleted or deleted_legacy or active is not None
+
+    async def _delete_legacy_job(self, namespace: str, name: str) -> bool:
+        """Delete the build's Job of the name an earlier version gave it, if there is one
+        whose annotations say it is this namespace's build of that name (the uid is not
+        known here: a leftover of an earlier same-named build goes too, it has ended)."""
+        job_name = jobs.legacy_name_job(namespace, name)
+        if job_name == jobs.name_job(namespace, name):
+            return False
+        path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+        try:
+            job = await self.kube.get(path)
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise
+        if not jobs.belongs_to(job, namespace, name):
+            return False  # a same-named build of another namespace
+        return await self._delete_job(job_name)
 
     async def recover(self, build: Build) -> Outcome | None:
         """None when the engine should run the build again: its Job exists (adopted), or
         it is Pending and its Job was never made (the previous leader stopped in between;
         the Job's name is the build's, so a create that races another is adopted).
         Otherwise the build is over: cancelled, or its Job is gone and nothing can say how
-        it went."""
+        it went.
+
+        A Job an earlier triggerd version made (:func:`jobs.legacy_name_job`, after a
+        rolling upgrade) is the build's when its uid annotation says so: the run then
+        follows that Job instead of making a second one."""
+        key = (build.namespace, build.name)
+        self._legacy.pop(key, None)
         try:
             job = await self.kube.get(
                 path_for(
@@ -284,12 +330,39 @@ class KubernetesExecutor:
         owner = str(annotations.get(jobs.BUILD_UID_ANNOTATION, ""))
         if job is not None and (not owner or not build.meta.uid or owner == build.meta.uid):
             return None
+        legacy = await self._legacy_job(build)
+        if legacy is not None:
+            log.info("adopting Job %s of an earlier triggerd version for build %s/%s",
+                     legacy, build.namespace, build.name)  # fmt: skip
+            self._legacy[key] = legacy
+            return None
         # No Job of this build (a Job of an earlier same-named build is not its).
         if build.status.cancelled:
             return Cancelled()  # its Job was deleted by the cancel
         if build.phase is Phase.PENDING:
             return None
         return jobs.pod_deleted()
+
+    async def _legacy_job(self, build: Build) -> str | None:
+        """The name of the build's Job made by an earlier triggerd version, or None when
+        there is none: one of that name whose uid annotation is another build's (the same
+        name in another namespace, an earlier same-named build) is not it."""
+        if not build.meta.uid:
+            return None  # nothing would tell its Job from another build's
+        job_name = jobs.legacy_name_job(build.namespace, build.name)
+        if job_name == jobs.name_job(build.namespace, build.name):
+            return None
+        try:
+            job = await self.kube.get(
+                path_for("batch/v1", "jobs", self.settings.namespace, job_name)
+            )
+        except KubeError as e:
+            if e.not_found:
+                return None
+            raise
+        if not jobs.belongs_to(job, build.namespace, build.name, build.meta.uid):
+            return None
+        return job_name
 
     # Following a Job ---------------------------------------------------------------------
     async def _create_or_adopt(self, build: Build, job_name: str, manifest: dict[str, Any]) -> bool:
@@ -334,12 +407,17 @@ class KubernetesExecutor:
             await asyncio.sleep(STALE_JOB_WAIT_SECONDS)
         raise KubeError(409, "Conflict", f"Job {job_name} of an earlier build is still there")
 
-    async def _delete_job(self, job_name: str) -> bool:
+    async def _delete_job(self, job_name: str, *, uid: str = "") -> bool:
+        """Delete the Job and its pods; with ``uid``, only when its uid annotation is that
+        build's. False when there was none (of it)."""
+        path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
         try:
-            await self.kube.delete(
-                path_for("batch/v1", "jobs", self.settings.namespace, job_name),
-                propagation="Background",
-            )
+            if uid:
+                existing = await self.kube.get(path)
+                annotations = (existing.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(jobs.BUILD_UID_ANNOTATION) != uid:
+                    return False  # another build's
+            await self.kube.delete(path, propagation="Background")
         except KubeError as e:
             if e.not_found:
                 return False
@@ -352,13 +430,7 @@ class KubernetesExecutor:
         delay = RETRY_FIRST_SECONDS
         for _ in range(CREATE_ATTEMPTS):
             try:
-                if uid:
-                    path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
-                    existing = await self.kube.get(path)
-                    annotations = (existing.get("metadata") or {}).get("annotations") or {}
-                    if annotations.get(jobs.BUILD_UID_ANNOTATION) != uid:
-                        return  # another build's (or none)
-                await self._delete_job(job_name)
+                await self._delete_job(job_name, uid=uid)
                 return
             except KubeError as e:
                 if not e.transient:
@@ -377,6 +449,7 @@ class KubernetesExecutor:
         active: _Active,
         *,
         adopted: bool,
+        legacy: bool = False,
     ) -> Outcome:
         if adopted and not self.logs.is_live(build.namespace, build.name):
             # The pod's log starts from the beginning again: don't append it twice.
@@ -390,7 +463,9 @@ class KubernetesExecutor:
         streamer = asyncio.create_task(self._stream_logs(writer, progress))
         outcome: Outcome | None = None
         try:
-            outcome = await self._watch_pods(build, job_name, plan, reporter, active, progress)
+            outcome = await self._watch_pods(
+                build, job_name, plan, reporter, active, progress, legacy=legacy
+            )
             return outcome
         finally:
             for event in progress.ready.values():
@@ -415,9 +490,21 @@ class KubernetesExecutor:
         reporter: Reporter,
         active: _Active,
         progress: _Progress,
+        *,
+        legacy: bool = False,
     ) -> Outcome:
+        """Follow the Job's pods to an outcome. A ``legacy`` Job (an earlier version's)
+        has no namespace or uid labels: its pods are selected by its name label and kept
+        only when their annotations say they are this build's."""
         deadline = build.spec.completion_deadline_seconds
-        selector = jobs.pod_selector(build.namespace, build.name, build.meta.uid)
+        if legacy:
+            selector = jobs.legacy_pod_selector(build.namespace, build.name)
+        else:
+            selector = jobs.pod_selector(build.namespace, build.name, build.meta.uid)
+
+        def mine(obj: dict[str, Any]) -> bool:
+            return not legacy or jobs.belongs_to(obj, build.namespace, build.name, build.meta.uid)
+
         resource_version = ""
         delay = RETRY_FIRST_SECONDS
 
@@ -429,7 +516,7 @@ class KubernetesExecutor:
                     return outcome
             elif progress.stopped_since is None:
                 progress.stopped_since = time.monotonic()
-            return await self._check_job(job_name, plan, deadline, active, progress, selector)
+            return await self._check_job(job_name, plan, deadline, active, progress, selector, mine)
 
         while True:
             try:
@@ -437,12 +524,12 @@ class KubernetesExecutor:
                     listed = await self.kube.list(self.pods_path, label_selector=selector)
                     meta = listed.get("metadata") or {}
                     resource_version = str(meta.get("resourceVersion", ""))
-                    for pod in _oldest_first(listed.get("items") or []):
+                    for pod in filter(mine, _oldest_first(listed.get("items") or [])):
                         outcome = await self._observe(pod, plan, deadline, reporter, progress)
                         if outcome is not None:
                             return self._finish(build, outcome)
                 outcome = await self._check_job(
-                    job_name, plan, deadline, active, progress, selector
+                    job_name, plan, deadline, active, progress, selector, mine
                 )
                 if outcome is not None:
                     return self._finish(build, outcome)
@@ -451,7 +538,7 @@ class KubernetesExecutor:
                 ):
                     version = (pod.get("metadata") or {}).get("resourceVersion")
                     resource_version = str(version or resource_version)
-                    if kind == "BOOKMARK":
+                    if kind == "BOOKMARK" or not mine(pod):
                         continue
                     outcome = await look(None if kind == "DELETED" else pod)
                     if outcome is not None:
@@ -514,9 +601,11 @@ class KubernetesExecutor:
         active: _Active,
         progress: _Progress,
         selector: str,
+        mine: Callable[[dict[str, Any]], bool],
     ) -> Outcome | None:
         """What the Job says: an outcome, or None while the build goes on (or while a pod
-        stopped from outside waits for the Job to say why)."""
+        stopped from outside waits for the Job to say why). ``mine`` tells the build's
+        Job and pods from others the name or ``selector`` matches."""
         try:
             job: dict[str, Any] | None = await self.kube.get(
                 path_for("batch/v1", "jobs", self.settings.namespace, job_name)
@@ -525,6 +614,8 @@ class KubernetesExecutor:
             if not e.not_found:
                 raise
             job = None
+        if job is not None and not mine(job):
+            job = None  # its name was taken by another build's Job: the build's is gone
         if active.cancel_requested:
             if job is not None:
                 await self._delete_job(job_name)
@@ -532,7 +623,7 @@ class KubernetesExecutor:
         if job is not None and jobs.job_finished(job):
             # The Job ended because its pod did: the pod (if still there) says how.
             listed = await self.kube.list(self.pods_path, label_selector=selector)
-            for pod in reversed(_oldest_first(listed.get("items") or [])):
+            for pod in reversed(list(filter(mine, _oldest_first(listed.get("items") or [])))):
                 view = jobs.read_pod(pod, image=plan.image, deadline_seconds=deadline)
                 if view.outcome is not None:
                     return view.outcome
@@ -725,25 +816,38 @@ class PodLogs:
     def pods_path(self) -> str:
         return path_for("v1", "pods", self.settings.namespace)
 
-    async def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The build's newest pod (a disrupted first pod is replaced by the Job)."""
-        selector = jobs.pod_selector(namespace, name)
-        try:
-            listed = await self.kube.list(self.pods_path, label_selector=selector)
-        except KubeError as e:
-            log.warning("cannot list the pods of build %s/%s: %s", namespace, name, e.status)
-            return None
-        pods = [p for p in listed.get("items") or [] if isinstance(p, dict)]
-        if not pods:
-            return None
-        return max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")))
+    async def _pod(self, namespace: str, name: str) -> tuple[dict[str, Any], str] | None:
+        """The build's newest pod (a disrupted first pod is replaced by the Job) and the
+        label selector it was found with. The pods of a Job an earlier triggerd version
+        made (other labels) are looked for when the build has none of the current kind."""
+        for selector, legacy in (
+            (jobs.pod_selector(namespace, name), False),
+            (jobs.legacy_pod_selector(namespace, name), True),
+        ):
+            try:
+                listed = await self.kube.list(self.pods_path, label_selector=selector)
+            except KubeError as e:
+                log.warning("cannot list the pods of build %s/%s: %s", namespace, name, e.status)
+                return None
+            pods = [
+                p
+                for p in listed.get("items") or []
+                if isinstance(p, dict) and (not legacy or jobs.belongs_to(p, namespace, name))
+            ]
+            if pods:
+                newest = max(
+                    pods,
+                    key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")),
+                )
+                return newest, selector
+        return None
 
     async def read(self, namespace: str, name: str) -> bytes | None:
         """Both containers' logs so far, or None when the build has no pod."""
-        pod = await self._pod(namespace, name)
-        if pod is None:
+        found = await self._pod(namespace, name)
+        if found is None:
             return None
-        pod_name = str(pod["metadata"]["name"])
+        pod_name = str(found[0]["metadata"]["name"])
         data = b""
         for container in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER):
             try:
@@ -763,9 +867,10 @@ class PodLogs:
     async def follow(self, namespace: str, name: str) -> AsyncIterator[bytes]:
         """Both containers' logs from their start, following each while it runs; ends when
         the build container's log ends or the pod is gone."""
-        pod = await self._pod(namespace, name)
-        if pod is None:
+        found = await self._pod(namespace, name)
+        if found is None:
             return
+        pod, selector = found
         pod_name = str(pod["metadata"]["name"])
         resource_version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
         for container in (jobs.FETCH_CONTAINER, jobs.BUILD_CONTAINER):
@@ -784,7 +889,7 @@ class PodLogs:
                     or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
                 ):
                     return  # ended without this container running
-                changed = await self._next_version(namespace, name, pod_name, resource_version)
+                changed = await self._next_version(selector, pod_name, resource_version)
                 if changed is None:
                     return
                 pod, resource_version = changed
@@ -800,11 +905,10 @@ class PodLogs:
                 return
 
     async def _next_version(
-        self, namespace: str, name: str, pod_name: str, resource_version: str
+        self, selector: str, pod_name: str, resource_version: str
     ) -> tuple[dict[str, Any], str] | None:
-        """The pod after its next change (a watch of the Job's pods from
+        """The pod after its next change (a watch of the Job's pods, by ``selector``, from
         ``resource_version``), or None when it is gone."""
-        selector = jobs.pod_selector(namespace, name)
         while True:
             try:
                 async for kind, obj in self.kube.watch(

@@ -163,6 +163,41 @@ def pod_selector(namespace: str, build_name: str, uid: str = "") -> str:
     return ",".join(parts)
 
 
+def legacy_name_job(namespace: str, build_name: str) -> str:
+    """The name triggerd gave a build's Job before names carried the namespace:
+    ``<build>-build``, or (when that is no DNS label) the cut name, a hash of the identity
+    and ``-build``. Such a Job may still run a build across an upgrade; it is adopted only
+    when :func:`belongs_to` says it is that build's (the name alone does not: builds of two
+    namespaces shared it)."""
+    wanted = f"{build_name}-build"
+    if len(wanted) <= _MAX_NAME and not _NOT_LABEL_CHARS.search(wanted):
+        return wanted
+    digest = hashlib.sha256(f"{namespace}/{build_name}".encode()).hexdigest()[:10]
+    head = _NOT_LABEL_CHARS.sub("-", build_name.lower())[: _MAX_NAME - 17].strip("-")
+    return f"{head}-{digest}-build"
+
+
+def legacy_pod_selector(namespace: str, build_name: str) -> str:
+    """The label selector of the pods of the build's :func:`legacy_name_job` Job, which had
+    neither the namespace nor the uid label: it may also match pods of another build of
+    the same name, so callers keep only the pods :func:`belongs_to` accepts."""
+    return (
+        f"{JOB_LABEL}={legacy_name_job(namespace, build_name)},"
+        f"{BUILD_NAME_LABEL}={label_value(build_name)}"
+    )
+
+
+def belongs_to(obj: Mapping[str, Any], namespace: str, build_name: str, uid: str = "") -> bool:
+    """Whether a Job or pod is the build's, by the annotations every version of triggerd
+    has written on both (namespace, name and, when ``uid`` is given, the build's uid)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(BUILD_NAMESPACE_ANNOTATION) != namespace:
+        return False
+    if annotations.get(BUILD_ANNOTATION) != build_name:
+        return False
+    return not uid or annotations.get(BUILD_UID_ANNOTATION) == uid
+
+
 def label_value(text: str) -> str:
     """``text`` as a label value (≤63, alphanumeric ends), hashed when it does not fit."""
     if len(text) <= _MAX_NAME and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", text):
