@@ -4,7 +4,9 @@ Settings of Kubernetes mode (:class:`KubernetesSettings`), client construction f
 kubeconfig or the in-cluster service account (:func:`connect`), and :class:`Kube`, a thin
 JSON-in/JSON-out layer over kubernetes_asyncio's ``ApiClient`` that maps API Status errors to
 :class:`KubeError`, sends merge patches with the right content type and reads
-newline-delimited watch streams. It sits at the I/O edge: it knows nothing about builds, and
+newline-delimited watch streams. The stores kept in custom resources share their start-up
+check (:class:`CustomResources`) and their precondition status writes
+(:func:`update_status`) from here. It sits at the I/O edge: it knows nothing about builds, and
 it must never log a request body (Secrets and tokens pass through it). kubernetes_asyncio
 is imported only when a client is made, so :mod:`triggerd.settings` and the CLI can use
 :func:`parse_settings` without loading it.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 from triggerd import errors
@@ -362,6 +364,95 @@ class Kube:
             line = raw.strip()
             if line:
                 yield line
+
+
+# Custom resources ----------------------------------------------------------------------
+
+
+async def require_custom_resources(
+    kube: Kube, group_version: str, plurals: Iterable[str], namespace: str
+) -> None:
+    """Check that each of ``plurals`` (of ``group_version``) can be listed in ``namespace``:
+    a clear error naming the missing CRD (or RBAC grant) at start instead of 404s later."""
+    group = group_version.split("/", 1)[0]
+    for plural in plurals:
+        try:
+            await kube.list(path_for(group_version, plural, namespace))
+        except KubeError as e:
+            raise errors.PermanentError(
+                f"cannot list {plural}.{group} in namespace {namespace!r} "
+                f"({e.status} {e.reason}); are the CRDs and RBAC from manifests/ applied?"
+            ) from e
+
+
+class CustomResources:
+    """``open``/``close`` of a store kept in custom resources: opening checks that its
+    CRDs are installed; the Kube client belongs to the caller, which closes it."""
+
+    #: the group/version and plurals :meth:`open` checks
+    CRD_GROUP_VERSION: ClassVar[str]
+    CRD_PLURALS: ClassVar[tuple[str, ...]]
+    kube: Kube
+    #: where lists without a namespace look (the RBAC shipped grants this one only)
+    namespace: str
+
+    async def open(self) -> None:
+        """Check that the CRDs are installed (a clear error instead of 404s later)."""
+        await require_custom_resources(
+            self.kube, self.CRD_GROUP_VERSION, self.CRD_PLURALS, self.namespace
+        )
+
+    async def close(self) -> None:
+        """The Kube client belongs to the caller, which closes it."""
+
+
+def status_patch(doc: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch writing ``status`` into the object ``doc`` was read as: it carries
+    ``doc``'s resourceVersion, so it fails with 409 if the object changed since."""
+    return {
+        "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
+        "status": dict(status),
+    }
+
+
+async def update_status(
+    kube: Kube,
+    path: str,
+    change: Callable[[Mapping[str, Any]], Mapping[str, Any] | None],
+    *,
+    kind: str,
+    name: str,
+    attempts: int,
+    after_conflict: Callable[[int], Awaitable[None]] | None = None,
+) -> bool:
+    """Read the object at ``path``, ask ``change`` for the status fields to merge into it
+    (None: it is as wanted, nothing is written) and write them through ``/status`` with
+    :func:`status_patch`. A 409 (written meanwhile) reads and asks again, after
+    ``after_conflict(attempt)`` when given. Returns whether it wrote: False also when the
+    object is gone. Other API errors become :func:`to_domain_error`'s for ``kind``/``name``;
+    after ``attempts`` lost races, a TemporaryError."""
+    for attempt in range(attempts):
+        try:
+            doc = await kube.get(path)
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise to_domain_error(e, kind, name) from e
+        status = change(doc)
+        if status is None:
+            return False
+        try:
+            await kube.merge_patch(path + "/status", status_patch(doc, status))
+        except KubeError as e:
+            if e.conflict:
+                if after_conflict is not None:
+                    await after_conflict(attempt)
+                continue
+            if e.not_found:
+                return False
+            raise to_domain_error(e, kind, name) from e
+        return True
+    raise errors.TemporaryError(f"{kind} {name!r} keeps changing; retry", 1.0)
 
 
 async def _raise_for_status(status: int, data: bytes) -> None:

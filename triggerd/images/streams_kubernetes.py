@@ -33,7 +33,15 @@ from typing import Any, Final
 
 from triggerd import errors, imagechange
 from triggerd.images.streams_base import IMPORT_SUCCESS, ImportFailure
-from triggerd.kube import Kube, KubeError, WatchExpired, path_for, to_domain_error
+from triggerd.kube import (
+    CustomResources,
+    Kube,
+    KubeError,
+    WatchExpired,
+    path_for,
+    to_domain_error,
+    update_status,
+)
 from triggerd.model import buildconfigs, imagestreams
 from triggerd.model import meta as metas
 from triggerd.model.specs import ObjectReference, ReferenceKind
@@ -68,8 +76,11 @@ class StreamEvent:
     stream: imagestreams.ImageStream | None = None
 
 
-class KubernetesStreamsStore:
+class KubernetesStreamsStore(CustomResources):
     """ImageStream custom resources and BuildConfig trigger states, through ``kube``."""
+
+    CRD_GROUP_VERSION = GROUP_VERSION
+    CRD_PLURALS = (IMAGESTREAMS,)
 
     def __init__(self, kube: Kube, namespace: str, *, registry: str | None = None) -> None:
         self.kube = kube
@@ -84,19 +95,6 @@ class KubernetesStreamsStore:
 
     def _path(self, namespace: str | None, name: str | None = None) -> str:
         return path_for(GROUP_VERSION, IMAGESTREAMS, namespace or self.namespace, name)
-
-    async def open(self) -> None:
-        """Check that the CRD is installed (a clear error instead of 404s later)."""
-        try:
-            await self.kube.list(self._path(None))
-        except KubeError as e:
-            raise errors.PermanentError(
-                f"cannot list {IMAGESTREAMS}.triggerd.dev in namespace {self.namespace!r} "
-                f"({e.status} {e.reason}); are the CRDs and RBAC from manifests/ applied?"
-            ) from e
-
-    async def close(self) -> None:
-        """The Kube client belongs to the caller, which closes it."""
 
     # ImageStreams -------------------------------------------------------------------------
     async def list_streams(self, namespace: str | None = None) -> list[imagestreams.ImageStream]:
@@ -280,33 +278,28 @@ class KubernetesStreamsStore:
         another replica). A config that is gone (or that triggerd cannot read) keeps
         nothing; a write that would change nothing is not made."""
         wanted = {state.index: state for state in states}
-        path = path_for(GROUP_VERSION, BUILDCONFIGS, namespace, config) + "/status"
+
+        def merge(doc: Mapping[str, Any]) -> Status | None:
+            parsed = _config_of(doc)
+            if parsed is None:
+                return None
+            stored = _trigger_entries(doc)
+            merged = {**decode_states(parsed, stored), **wanted}
+            entries = imagechange.status_entries(parsed, merged)
+            if entries == stored:
+                return None
+            return {"imageChangeTriggers": entries or None}
+
         async with self._lock(BUILDCONFIGS, namespace, config):
-            for attempt in range(MAX_ATTEMPTS):
-                found = await self._config(namespace, config)
-                if found is None:
-                    return
-                parsed, doc = found
-                stored = _trigger_entries(doc)
-                merged = {**decode_states(parsed, stored), **wanted}
-                entries = imagechange.status_entries(parsed, merged)
-                if entries == stored:
-                    return
-                patch = {
-                    "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
-                    "status": {"imageChangeTriggers": entries or None},
-                }
-                try:
-                    await self.kube.merge_patch(path, patch)
-                except KubeError as e:
-                    if e.conflict:
-                        await _back_off(attempt)
-                        continue
-                    if e.not_found:
-                        return
-                    raise to_domain_error(e, buildconfigs.KIND, config) from e
-                return
-        raise errors.TemporaryError(f"BuildConfig {config!r} keeps changing; retry", 1.0)
+            await update_status(
+                self.kube,
+                path_for(GROUP_VERSION, BUILDCONFIGS, namespace, config),
+                merge,
+                kind=buildconfigs.KIND,
+                name=config,
+                attempts=MAX_ATTEMPTS,
+                after_conflict=_back_off,
+            )
 
     async def delete_trigger_states(self, namespace: str, config: str) -> None:
         """Nothing to do: the states are in the config's own status and went with it (a
@@ -323,10 +316,8 @@ class KubernetesStreamsStore:
             if e.not_found:
                 return None
             raise to_domain_error(e, buildconfigs.KIND, name) from e
-        try:
-            return config_from_resource(doc), doc
-        except errors.Invalid:
-            return None  # reported on the config by the engine; it has no usable triggers
+        parsed = _config_of(doc)
+        return None if parsed is None else (parsed, doc)
 
     async def _get(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._call(name, lambda: self.kube.get(self._path(namespace, name)))
@@ -382,6 +373,15 @@ async def _back_off(attempt: int) -> None:
 
 
 # Conversions ---------------------------------------------------------------------------------
+
+
+def _config_of(doc: Mapping[str, Any]) -> buildconfigs.BuildConfig | None:
+    """The BuildConfig a resource holds, or None when triggerd cannot read it (reported on
+    the config by the engine; it has no usable triggers)."""
+    try:
+        return config_from_resource(doc)
+    except errors.Invalid:
+        return None
 
 
 def stream_to_resource(stream: imagestreams.ImageStream) -> dict[str, Any]:

@@ -32,7 +32,15 @@ from datetime import datetime
 from typing import Any, Final
 
 from triggerd import errors
-from triggerd.kube import Kube, KubeError, WatchExpired, path_for, to_domain_error
+from triggerd.kube import (
+    CustomResources,
+    Kube,
+    KubeError,
+    WatchExpired,
+    path_for,
+    to_domain_error,
+    update_status,
+)
 from triggerd.model import buildconfigs, builds
 from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig
@@ -81,8 +89,11 @@ class ConfigEvent:
     problem: str = ""
 
 
-class KubernetesStore:
+class KubernetesStore(CustomResources):
     """Implements :class:`triggerd.store.base.Store` with custom resources."""
+
+    CRD_GROUP_VERSION = GROUP_VERSION
+    CRD_PLURALS = (BUILDCONFIGS, BUILDS, DELIVERIES)
 
     def __init__(self, kube: Kube, namespace: str, *, secret_cache_seconds: float = 30.0) -> None:
         self.kube = kube
@@ -93,20 +104,6 @@ class KubernetesStore:
 
     def _path(self, plural: str, namespace: str | None, name: str | None = None) -> str:
         return path_for(GROUP_VERSION, plural, namespace or self.namespace, name)
-
-    async def open(self) -> None:
-        """Check that the CRDs are installed (a clear error instead of 404s later)."""
-        for plural in (BUILDCONFIGS, BUILDS, DELIVERIES):
-            try:
-                await self.kube.list(self._path(plural, None), label_selector="")
-            except KubeError as e:
-                raise errors.PermanentError(
-                    f"cannot list {plural}.triggerd.dev in namespace {self.namespace!r} "
-                    f"({e.status} {e.reason}); are the CRDs and RBAC from manifests/ applied?"
-                ) from e
-
-    async def close(self) -> None:
-        """The Kube client belongs to the caller, which closes it."""
 
     # BuildConfigs -----------------------------------------------------------------------
     async def list_buildconfigs(self, namespace: str | None = None) -> list[BuildConfig]:
@@ -247,14 +244,8 @@ class KubernetesStore:
         (``Valid`` False, with the problem as message), or clear that once it is right.
         Written through /status with a precondition, only when it changes; returns whether
         it wrote."""
-        path = self._path(BUILDCONFIGS, namespace, name)
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                doc = await self.kube.get(path)
-            except KubeError as e:
-                if e.not_found:
-                    return False
-                raise to_domain_error(e, buildconfigs.KIND, name) from e
+
+        def change(doc: Mapping[str, Any]) -> dict[str, Any] | None:
             status = doc.get("status")
             items = status.get("conditions") if isinstance(status, Mapping) else None
             conditions = (
@@ -270,7 +261,7 @@ class KubernetesStore:
                     and current.get("status") == "False"
                     and (current.get("message") == message)
                 ):
-                    return False
+                    return None
                 wanted = {
                     "type": VALID_CONDITION,
                     "status": "False",
@@ -279,24 +270,19 @@ class KubernetesStore:
                     "lastTransitionTime": metas.format_time(metas.now()),
                 }
             elif current is None:
-                return False
+                return None
             new = [*others, wanted] if wanted is not None else others
-            try:
-                await self.kube.merge_patch(
-                    path + "/status",
-                    {
-                        "metadata": {"resourceVersion": doc["metadata"]["resourceVersion"]},
-                        "status": {"conditions": new or None},
-                    },
-                )
-            except KubeError as e:
-                if e.conflict:
-                    continue  # lastVersion bumped meanwhile: look again
-                if e.not_found:
-                    return False
-                raise to_domain_error(e, buildconfigs.KIND, name) from e
-            return True
-        raise errors.TemporaryError(f"BuildConfig {name!r} keeps changing; retry", 1.0)
+            return {"conditions": new or None}
+
+        # A 409 is mostly a lastVersion bump meanwhile: look again.
+        return await update_status(
+            self.kube,
+            self._path(BUILDCONFIGS, namespace, name),
+            change,
+            kind=buildconfigs.KIND,
+            name=name,
+            attempts=MAX_ATTEMPTS,
+        )
 
     # Builds -----------------------------------------------------------------------------
     async def instantiate(
