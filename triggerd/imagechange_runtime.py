@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,13 @@ class ImageChangeRuntime:
         )
         self._by_key: dict[str, set[ConfigId]] = {}
         self._config_watches: dict[ConfigId, tuple[imagechange.WatchedImage, ...]] = {}
+        #: the GitHub triggers of the indexed configs: a registry delivery signed with one's
+        #: secret may act for that config only (see :meth:`handle_push`)
+        self._github_hooks: dict[ConfigId, tuple[buildconfigs.WebHookTrigger, ...]] = {}
+        #: registry tag → config → image a delivery signed with that config's own secret
+        #: named, not confirmed with the registry: it counts for that config alone, until
+        #: a confirmed digest of the tag arrives
+        self._vouched: dict[str, dict[ConfigId, str]] = {}
         self._imports: dict[str, set[tuple[str, str, str]]] = {}
         self._stream_watches: dict[
             tuple[str, str], dict[str, tuple[references.ImageReference, float | None]]
@@ -376,21 +383,42 @@ class ImageChangeRuntime:
     # Index --------------------------------------------------------------------------------
     def _index_config(self, config: buildconfigs.BuildConfig) -> None:
         ident = (config.namespace, config.name)
-        self._unindex_config(ident)
         watched = imagechange.watched_images(config)
+        self._unindex_config(ident, keep={w.key for w in watched})
         if not watched:
             return
         self._config_watches[ident] = watched
         for w in watched:
             self._by_key.setdefault(w.key, set()).add(ident)
+        hooks = tuple(
+            t.webhook
+            for t in config.triggers
+            if t.type is buildconfigs.TriggerType.GITHUB and t.webhook is not None
+        )
+        if hooks:
+            self._github_hooks[ident] = hooks
 
-    def _unindex_config(self, ident: ConfigId) -> None:
+    def _unindex_config(self, ident: ConfigId, keep: Collection[str] = ()) -> None:
+        """Drop the config from the index; what its secret vouched for stays for the
+        tags in ``keep`` (it is being indexed again and still watches them)."""
+        self._github_hooks.pop(ident, None)
         for w in self._config_watches.pop(ident, ()):
             users = self._by_key.get(w.key)
             if users is not None:
                 users.discard(ident)
                 if not users:
                     del self._by_key[w.key]
+            vouched = None if w.key in keep else self._vouched.get(w.key)
+            if vouched is not None:
+                vouched.pop(ident, None)
+                if not vouched:
+                    del self._vouched[w.key]
+
+    def github_signers(self) -> list[tuple[ConfigId, buildconfigs.WebHookTrigger]]:
+        """The GitHub triggers of the configs that watch images, from the index (no store
+        read): whose secrets may sign a GitHub registry delivery, each for its own config
+        only. A config that watches no image has nothing such a delivery could fire."""
+        return [(ident, hook) for ident, hooks in self._github_hooks.items() for hook in hooks]
 
     def _index_stream(self, stream: imagestreams.ImageStream) -> None:
         ident = (stream.namespace, stream.name)
@@ -671,39 +699,77 @@ class ImageChangeRuntime:
         return states
 
     # Events -------------------------------------------------------------------------------
-    def submit(self, notification: Notification, *, trusted: bool) -> int:
+    def submit(
+        self,
+        notification: Notification,
+        *,
+        trusted: bool,
+        signers: frozenset[ConfigId] | None = None,
+    ) -> int:
         """Handle a notification in the background; returns how many pushes it carries.
 
         The hook answers at once: confirming a digest can take a registry round trip.
+        ``signers``: see :meth:`handle_push`.
         """
         observed = self._monotonic()
         for push in notification.pushes:
-            self._background(self._handle_safely(push, observed, trusted=trusted))
+            self._background(self._handle_safely(push, observed, trusted=trusted, signers=signers))
         return len(notification.pushes)
 
-    async def _handle_safely(self, push: ImagePush, observed: float, *, trusted: bool) -> None:
+    async def _handle_safely(
+        self,
+        push: ImagePush,
+        observed: float,
+        *,
+        trusted: bool,
+        signers: frozenset[ConfigId] | None,
+    ) -> None:
         try:
-            await self.handle_push(push, observed, trusted=trusted)
+            await self.handle_push(push, observed, trusted=trusted, signers=signers)
         except (TemporaryError, PermanentError) as e:
             log.warning("registry notification for %s not acted on: %s", push.key, e)
         except Exception:
             log.exception("registry notification for %s failed", push.key)
 
-    def watches(self, key: str) -> bool:
+    def watches(self, key: str, signers: frozenset[ConfigId] | None = None) -> bool:
+        """Whether anything watches ``key``; with ``signers``, whether one of them does."""
+        if signers is not None:
+            return not signers.isdisjoint(self._by_key.get(key, ()))
         return key in self._by_key or key in self._imports
 
-    async def handle_push(self, push: ImagePush, observed_at: float, *, trusted: bool) -> None:
+    async def handle_push(
+        self,
+        push: ImagePush,
+        observed_at: float,
+        *,
+        trusted: bool,
+        signers: frozenset[ConfigId] | None = None,
+    ) -> None:
         """A tag moved (notification or poll): confirm the digest if needed, then act.
 
         A notification the registry repeats (the same event id: distribution retries until
         it gets a 2xx) is acted on once; a new push of an earlier digest is a new event.
+
+        ``signers``: the delivery was authenticated with these configs' own secrets (a
+        GitHub trigger's), not a server-wide one. Whoever holds a config's secret can sign
+        anything, so only what one of them watches is acted on, and a ``trusted`` digest
+        is believed for them alone; everything else watching the tag (other tenants'
+        configs, stream imports) acts on the digest the registry confirms with a HEAD.
         """
         key = push.key
-        if not self.watches(key):
+        if not self.watches(key, signers):
             return
         handled = (push.source.value, push.delivery_id, key) if push.delivery_id else None
         if handled is not None and handled in self._handled:
             return
+        if signers is not None and push.digest != self.watcher.last_digest(key):
+            if trusted and push.digest:
+                await self._fire_vouched(key, push, signers, observed_at)
+                others = self._by_key.get(key, set()) - signers
+                if not others and key not in self._imports:
+                    self._remember(handled)
+                    return
+            trusted = False  # the others hear of the move only as the registry confirms it
         digest = push.digest if trusted and push.digest else None
         if digest is None:
             digest = await self.client.head_digest(push.reference)
@@ -720,10 +786,29 @@ class ImageChangeRuntime:
             if self.watcher.last_digest(key) == digest:
                 self.watcher.note_digest(key, previous or "")
             raise
+        self._remember(handled)
+
+    def _remember(self, handled: tuple[str, str, str] | None) -> None:
         if handled is not None:
             self._handled[handled] = None
             while len(self._handled) > HANDLED_DELIVERIES:
                 self._handled.popitem(last=False)
+
+    async def _fire_vouched(
+        self, key: str, push: ImagePush, signers: frozenset[ConfigId], observed_at: float
+    ) -> None:
+        """Fire the signing configs watching ``key`` with the digest their own secret
+        vouched for. The watcher is not told (the digest is not confirmed), so the
+        image counts for those configs alone (:meth:`_known_images`) until the registry
+        confirms a digest of the tag."""
+        assert push.digest is not None
+        image_id = str(push.reference.with_digest(push.digest))
+        done = True
+        for ident in sorted(self._by_key.get(key, set()) & signers):
+            self._vouched.setdefault(key, {})[ident] = image_id
+            done = await self._fire_one(ident, key, image_id, observed_at) and done
+        if not done:
+            raise TemporaryError(f"{key} moving to {push.digest} was not acted on; retried")
 
     async def on_poll_change(self, push: ImagePush, observed_at: float) -> None:
         assert push.digest is not None
@@ -737,6 +822,8 @@ class ImageChangeRuntime:
         the end when something is worth retrying, so the caller (the watcher, a
         notification) reports this move again; those that acted dedupe then."""
         image_id = str(ref.with_digest(digest))
+        # Confirmed: it supersedes what any config's own secret vouched for.
+        self._vouched.pop(key, None)
         done = await self._fire(key, image_id, observed_at)
         for namespace, stream, tag in sorted(self._imports.get(key, ())):
             try:
@@ -917,8 +1004,11 @@ class ImageChangeRuntime:
                 if latest is not None:
                     known[w.key] = latest.docker_image_reference
             else:
+                vouched = self._vouched.get(w.key, {}).get((config.namespace, config.name))
                 digest = self.watcher.last_digest(w.key)
-                if digest:
+                if vouched:
+                    known[w.key] = vouched
+                elif digest:
                     known[w.key] = str(references.parse(w.from_ref.name).with_digest(digest))
         return known
 

@@ -1,6 +1,7 @@
 """The registry hook over real HTTP: GitHub deliveries verified with the GitHub trigger
-secrets of the BuildConfigs, pings, pushes nothing watches, Docker Hub and Quay pushes of a
-watched image confirmed with a HEAD, and a replica that does not lead."""
+secrets of the BuildConfigs (each acting for its own config only) or the shared secret
+(for everyone), pings, pushes nothing watches, Docker Hub and Quay pushes of a watched image
+confirmed with a HEAD, and a replica that does not lead."""
 
 from __future__ import annotations
 
@@ -143,13 +144,28 @@ def gh_config(name: str, image: str, trigger: dict[str, Any] | None) -> dict[str
     return image_config_doc(name, base=docker_ref(image), triggers=triggers)
 
 
-def signed(body: bytes, secret: str, event: str = "package") -> dict[str, str]:
+def signed(
+    body: bytes, secret: str, event: str = "package", delivery: str | None = None
+) -> dict[str, str]:
     return {
         **GH_JSON,
         "X-GitHub-Event": event,
-        "X-GitHub-Delivery": f"d-{secret}-{len(body)}",
+        "X-GitHub-Delivery": delivery or f"d-{secret}-{len(body)}",
         "X-Hub-Signature-256": signatures.sign_github(body, secret),
     }
+
+
+def package(image: str, digest: str) -> bytes:
+    """GitHub's package delivery for ``image`` (``host/repo:tag``) at ``digest``."""
+    doc = json.loads((DATA / "github-package-container-tagged.json").read_text())
+    version = doc["package"]["package_version"]
+    version["package_url"] = image
+    version["container_metadata"]["tag"] = {"name": image.rsplit(":", 1)[1], "digest": digest}
+    return json.dumps(doc).encode()
+
+
+def pinned(build: Any) -> str:
+    return str(build.spec.strategy.docker.from_image.name)
 
 
 async def test_github_deliveries_are_verified_with_the_trigger_secrets(
@@ -172,13 +188,137 @@ async def test_github_deliveries_are_verified_with_the_trigger_secrets(
         "/hooks/registry/github", body, {**GH_JSON, "X-GitHub-Event": "package"}
     )
     assert status == 401
+    # Verified, but "other" does not watch this image: its secret cannot act for "app".
     status, text = await h.post("/hooks/registry/github", body, signed(body, "named-secret"))
     assert status == 202, text
+    assert json.loads(text)["message"].endswith(registry_hooks.NOT_THE_SIGNERS)
+    assert await h.builds("app") == []
+    status, text = await h.post("/hooks/registry/github", body, signed(body, "inline-secret"))
+    assert status == 202, text
     assert len(await h.builds("app")) == 1
-    # The same package delivery signed with the other secret: the same digest, no build.
-    status, _ = await h.post("/hooks/registry/github", body, signed(body, "inline-secret"))
+    assert h.registry.counts["HEAD"] == 0  # its own secret vouches for its digest
+    # The same package delivery again: the same digest, no build.
+    again = {**signed(body, "inline-secret"), "X-GitHub-Delivery": "again"}
+    status, _ = await h.post("/hooks/registry/github", body, again)
     assert status == 202
     assert len(await h.builds("app")) == 1
+
+
+async def test_a_config_secret_cannot_fire_another_configs_image(hook: Factory) -> None:
+    h = await hook()
+    image_a, image_b = f"{h.host}/team-a/app:v1", f"{h.host}/team-b/app:v1"
+    await h.add(gh_config("a", image_a, github_trigger(secret="secret-a")))
+    await h.add(gh_config("b", image_b, github_trigger(secret="secret-b")))
+    forged = "sha256:" + "f" * 64
+    body = package(image_b, forged)
+    status, text = await h.post(
+        "/hooks/registry/github", body, signed(body, "secret-a", delivery="1")
+    )
+    assert status == 202, text
+    assert json.loads(text)["message"].endswith(registry_hooks.NOT_THE_SIGNERS)
+    assert await h.builds("b") == []
+    assert h.registry.counts["HEAD"] == 0  # not even an early poll on A's say-so
+    # B's own secret: B builds the digest its delivery names.
+    real = h.registry.push("team-b/app", "v1")
+    body = package(image_b, real)
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-b", delivery="2"))
+    assert status == 202
+    assert [pinned(b) for b in await h.builds("b")] == [f"{h.host}/team-b/app@{real}"]
+    assert await h.builds("a") == []
+
+
+async def test_a_shared_image_gets_the_signers_digest_and_the_others_the_registrys(
+    hook: Factory,
+) -> None:
+    h = await hook()
+    image = f"{h.host}/shared/base:v1"
+    current = h.registry.push("shared/base", "v1")
+    await h.add(gh_config("a", image, github_trigger(secret="secret-a")))
+    await h.add(gh_config("b", image, None))
+    await h.runtime.watcher.run_cycle()
+    assert len(await h.builds("a")) == len(await h.builds("b")) == 1
+    # A forges a digest for the image both watch: A's own config takes it (A could start
+    # that build anyway), B only hears what the registry confirms: nothing new.
+    forged = "sha256:" + "f" * 64
+    body = package(image, forged)
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-a", delivery="1"))
+    assert status == 202
+    assert [pinned(b) for b in await h.builds("b")] == [f"{h.host}/shared/base@{current}"]
+    assert f"{h.host}/shared/base@{forged}" in [pinned(b) for b in await h.builds("a")]
+    assert h.registry.counts["HEAD shared/base:v1"] == 2  # the poll, then B's confirmation
+    # A real move announced with A's secret reaches B as well (confirmed).
+    moved = h.registry.push("shared/base", "v1")
+    body = package(image, moved)
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-a", delivery="2"))
+    assert status == 202
+    assert pinned((await h.builds("b"))[-1]) == f"{h.host}/shared/base@{moved}"
+    assert pinned((await h.builds("a"))[-1]) == f"{h.host}/shared/base@{moved}"
+
+
+async def test_a_digest_vouched_for_by_a_configs_secret_is_not_rolled_back(
+    hook: Factory,
+) -> None:
+    h = await hook()
+    image = f"{h.host}/team-a/base:v1"
+    h.registry.push("team-a/base", "v1")
+    await h.add(gh_config("a", image, github_trigger(secret="secret-a")))
+    await h.runtime.watcher.run_cycle()
+    assert len(await h.builds("a")) == 1
+    moved = h.registry.push("team-a/base", "v1")
+    body = package(image, moved)
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-a", delivery="1"))
+    assert status == 202
+    assert len(await h.builds("a")) == 2
+    # The config changes before any poll confirms the digest: it keeps the image its own
+    # secret vouched for rather than going back to the older one the watcher last saw.
+    config = await h.engine.store.get_buildconfig("default", "a")
+    await h.runtime.config_changed(config, created=False)
+    await h.runtime.watcher.run_cycle()
+    builds = await h.builds("a")
+    assert len(builds) == 2
+    assert pinned(builds[-1]) == f"{h.host}/team-a/base@{moved}"
+
+
+async def test_the_shared_secret_vouches_for_every_watcher(hook: Factory) -> None:
+    h = await hook({"github": {"secret": "shared-secret"}})
+    image = f"{h.host}/shared/base:v1"
+    await h.add(gh_config("a", image, github_trigger(secret="secret-a")))
+    await h.add(gh_config("b", image, None))
+    digest = h.registry.push("shared/base", "v1")
+    body = package(image, digest)
+    status, text = await h.post(
+        "/hooks/registry/github", body, signed(body, "shared-secret", delivery="1")
+    )
+    assert status == 202, text
+    for name in ("a", "b"):
+        assert [pinned(b) for b in await h.builds(name)] == [f"{h.host}/shared/base@{digest}"]
+    assert h.registry.counts["HEAD"] == 0
+
+
+async def test_unsigned_github_deliveries_are_refused_without_reading_the_store(
+    hook: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await hook({"github": {"secret": "shared-secret"}})
+    image = f"{h.host}/shared/base:v1"
+    await h.add(gh_config("a", image, github_trigger(secret="secret-a")))
+    listed: list[Any] = []
+    original = h.engine.store.list_buildconfigs
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        listed.append(args)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(h.engine.store, "list_buildconfigs", counting)
+    body = package(image, h.registry.push("shared/base", "v1"))
+    unsigned = {**GH_JSON, "X-GitHub-Event": "package", "X-GitHub-Delivery": "u"}
+    status, text = await h.post("/hooks/registry/github", body, unsigned)
+    assert status == 401 and "X-Hub-Signature-256 is missing" in text
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-b"))
+    assert status == 401
+    status, _ = await h.post("/hooks/registry/github", body, signed(body, "secret-a"))
+    assert status == 202
+    assert len(await h.builds("a")) == 1
+    assert listed == []
 
 
 async def test_a_github_ping_verified_by_any_trigger_secret_is_acknowledged(
