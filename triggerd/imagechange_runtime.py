@@ -781,10 +781,9 @@ class ImageChangeRuntime:
             await self._moved(key, push.reference, digest, observed_at)
         except BaseException:
             # Not acted on everywhere: the next poll must see the move again (and a
-            # redelivery must not be taken for a repeat). "" is the watcher's "no digest
-            # known" to every reader (TagWatcher offers no way back to None).
+            # redelivery must not be taken for a repeat).
             if self.watcher.last_digest(key) == digest:
-                self.watcher.note_digest(key, previous or "")
+                self.watcher.note_digest(key, previous)
             raise
         self._remember(handled)
 

@@ -26,8 +26,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 #: be busy polling (0s would make it spin).
 MIN_POLL_INTERVAL_SECONDS = 1.0
 #: ``registryNotifications``: kind → the keys it takes (how a notification authenticates).
-#: GitHub deliveries are verified with the GitHub trigger secrets of the BuildConfigs;
-#: ``github.secret`` is an extra shared secret for deliveries no BuildConfig secret signs.
+#: GitHub deliveries are verified with ``github.secret``, a shared secret trusted for every
+#: watcher, or with the GitHub trigger secret of a BuildConfig watching images, which
+#: speaks for that config only (one tenant's secret must not move another's builds).
 NOTIFICATION_KEYS: Mapping[str, tuple[str, ...]] = {
     "distribution": ("authorization",),
     "harbor": ("authorization",),

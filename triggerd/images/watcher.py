@@ -173,8 +173,9 @@ class TagWatcher:
         for watch in self._watches.values():
             watch.digest = None
 
-    def note_digest(self, key: str, digest: str) -> None:
-        """A notification confirmed ``digest``: the next poll need not report it again."""
+    def note_digest(self, key: str, digest: str | None) -> None:
+        """A notification confirmed ``digest``: the next poll need not report it again.
+        None forgets the tag's digest (a move not acted on must be reported again)."""
         watch = self._watches.get(key)
         if watch is not None:
             watch.digest = digest
