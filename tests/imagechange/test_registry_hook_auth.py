@@ -218,6 +218,14 @@ async def test_a_config_secret_cannot_fire_another_configs_image(hook: Factory) 
     assert json.loads(text)["message"].endswith(registry_hooks.NOT_THE_SIGNERS)
     assert await h.builds("b") == []
     assert h.registry.counts["HEAD"] == 0  # not even an early poll on A's say-so
+    # Whether another tenant watches an image is not A's to learn: the same answer for an
+    # image nobody watches.
+    body = package(f"{h.host}/team-c/unwatched:v1", forged)
+    status, text = await h.post(
+        "/hooks/registry/github", body, signed(body, "secret-a", delivery="unwatched")
+    )
+    assert status == 202, text
+    assert json.loads(text)["message"].endswith(registry_hooks.NOT_THE_SIGNERS)
     # B's own secret: B builds the digest its delivery names.
     real = h.registry.push("team-b/app", "v1")
     body = package(image_b, real)
@@ -342,7 +350,7 @@ async def test_a_verified_push_of_an_image_nothing_watches_is_acknowledged(
     body = (DATA / "github-package-container-tagged.json").read_bytes()
     status, text = await h.post("/hooks/registry/github", body, signed(body, "s4"))
     assert status == 202
-    assert json.loads(text)["message"].endswith("nothing watches this image")
+    assert json.loads(text)["message"].endswith(registry_hooks.NOT_THE_SIGNERS)
     assert await h.builds("app") == []
 
 

@@ -172,8 +172,9 @@ async def receive(request: web.Request) -> web.Response:
     metrics.NOTIFICATIONS.labels(kind.value, "accepted" if accepted else "ignored").inc()
     message = f"{accepted} tag push(es) accepted, {note.ignored} event(s) ignored"
     if note.pushes and not watched:
-        watched_by_others = any(runtime.watches(p.key) for p in note.pushes)
-        message += f"; {NOT_THE_SIGNERS if watched_by_others else NOTHING_WATCHES}"
+        # A config's secret learns nothing about other tenants' watches: whether anyone
+        # else watches the image is not said.
+        message += f"; {NOTHING_WATCHES if signers is None else NOT_THE_SIGNERS}"
     body_out: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
