@@ -71,6 +71,11 @@ ConfigId = tuple[str, str]
 #: Registry notification ids remembered, so a registry's retry of an event already acted
 #: on starts nothing (a retry is not a new push: a tag moved back to an earlier digest is).
 HANDLED_DELIVERIES = 10_000
+#: A config that could not act on a new image stream item (its store busy) is evaluated
+#: again after this long, doubling up to the cap: the item is recorded, so nothing else
+#: would report it again before the next stream change.
+REEVALUATE_FIRST_SECONDS = 1.0
+REEVALUATE_MAX_SECONDS = 300.0
 #: OpenShift's ImportSuccess reasons, by what the registry answered.
 _IMPORT_REASONS = {
     PollResult.NOT_FOUND: "NotFound",
@@ -91,8 +96,10 @@ class ImageChangeRuntime:
         stream_registry: str | None = None,
         watcher: TagWatcher | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        reevaluate_after: float = REEVALUATE_FIRST_SECONDS,
     ) -> None:
         self.engine = engine
+        self.reevaluate_after = reevaluate_after
         self.streams = streams
         self.client = client
         self.initial_build = initial_build
@@ -120,6 +127,8 @@ class ImageChangeRuntime:
         ] = {}
         self._locks: dict[ConfigId, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: configs to evaluate again after a temporary failure (see _reevaluate_later)
+        self._reevaluations: dict[ConfigId, asyncio.Task[None]] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._streams_task: asyncio.Task[None] | None = None
@@ -304,11 +313,14 @@ class ImageChangeRuntime:
             self._lead()
         else:
             await self._stop_polling()
+            # The next leader's catch-up evaluates them.
+            await self._cancel_reevaluations()
             # What this replica saw while leading is stale by the time it leads again.
             self.watcher.forget_digests()
 
     async def stop(self) -> None:
         await self._stop_polling()
+        await self._cancel_reevaluations()
         for task in (self._follow_task, self._streams_task):
             if task is not None:
                 task.cancel()
@@ -326,6 +338,47 @@ class ImageChangeRuntime:
         """Wait for notifications being handled in the background (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _reevaluate_later(self, ident: ConfigId) -> None:
+        """Evaluate the config again, with backoff, until it can act: it missed a new
+        image stream item for a temporary reason. One pending evaluation per config is
+        enough, since each reads the streams afresh."""
+        pending = self._reevaluations.get(ident)
+        if pending is not None and not pending.done():
+            return
+        task = asyncio.create_task(self._reevaluate(ident), name=f"reevaluate {ident}")
+        self._reevaluations[ident] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._reevaluations.get(ident) is done:
+                del self._reevaluations[ident]
+
+        task.add_done_callback(forget)
+
+    async def _reevaluate(self, ident: ConfigId) -> None:
+        delay = self.reevaluate_after
+        while True:
+            await asyncio.sleep(delay)
+            if not self.is_leader:
+                return  # the next leader's catch-up evaluates it
+            try:
+                await self._evaluate(*ident)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (Invalid, Conflict, PermanentError) as e:
+                # Trying again cannot help until the config changes, which evaluates it.
+                log.warning("%s/%s: image stream change not acted on: %s", *ident, e)
+                return
+            except Exception as e:
+                log.warning("%s/%s: image stream change not acted on yet: %s", *ident, e)
+            delay = min(delay * 2, REEVALUATE_MAX_SECONDS)
+
+    async def _cancel_reevaluations(self) -> None:
+        tasks = list(self._reevaluations.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -874,9 +927,12 @@ class ImageChangeRuntime:
             # change this replica has not handled yet must still look new to it.
             self._seen_streams[(namespace, stream)] = replace(seen, history=updated.history)
         if changed:
-            # Each watcher is decided on its own; one that fails here is logged (the item
-            # is recorded, so no retry of the move would fire it again).
-            await self._fire(imagechange.istag_key(namespace, stream, tag), image_ref, observed_at)
+            # Each watcher is decided on its own. The item is recorded, so no retry of the
+            # move would report it again: one that failed for now is evaluated again later.
+            key = imagechange.istag_key(namespace, stream, tag)
+            for ident in sorted(self._by_key.get(key, ())):
+                if not await self._fire_one(ident, key, image_ref, observed_at):
+                    self._reevaluate_later(ident)
 
     async def _fire(self, key: str, image_id: str, observed_at: float | None) -> bool:
         """Decide for every config watching ``key``; False when one failed in a way worth

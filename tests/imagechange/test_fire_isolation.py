@@ -3,7 +3,8 @@
 Two configs and an image stream watch one registry tag; the config sorted first cannot be
 read (stored by kubectl in a shape triggerd cannot parse) or its trigger state store is
 busy (TemporaryError). The other config still builds and the stream still imports; a busy
-one fires at the next poll. A config that turns unreadable leaves the runtime's index
+one fires at the next poll, or, for an image stream item (reported once), when the
+runtime evaluates it again. A config that turns unreadable leaves the runtime's index
 through the store's BuildConfig watch (``include_invalid``)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from tests.fakes import FakeExecutor
 from tests.imagechange.counting_registry import CountingRegistry
-from tests.imagechange.helpers import docker_ref, image_config_doc
+from tests.imagechange.helpers import docker_ref, image_config_doc, istag
 from triggerd import imagechange
 from triggerd.engine import Engine
 from triggerd.errors import FieldError, Invalid, TemporaryError
@@ -168,7 +169,10 @@ async def world(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Factory]:
         session = aiohttp.ClientSession()
         streams = BusyStreams(tmp_path / "imagestreams.db")
         runtime = ImageChangeRuntime(
-            engine, streams=streams, client=RegistryClient(session, insecure=lambda h: True)
+            engine,
+            streams=streams,
+            client=RegistryClient(session, insecure=lambda h: True),
+            reevaluate_after=0.01,
         )
         await runtime.start(poll=False)
         started.append((engine, runtime, session))
@@ -185,6 +189,15 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait (at most 5 s) for a background task to make ``condition`` true."""
     for _ in range(500):
         if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"timed out waiting for: {what}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (at most 5 s) for a background task to make ``check`` true."""
+    for _ in range(500):
+        if await check():
             return
         await asyncio.sleep(0.01)
     pytest.fail(f"timed out waiting for: {what}")
@@ -268,3 +281,51 @@ async def test_a_config_turning_unreadable_leaves_the_index(world: Factory) -> N
     # survived both events and the config's last spec is not taken as already seen.
     w.store.emit(ConfigEvent(type="ADDED", namespace=NS, name="app", config=config))
     await until(lambda: w.runtime.watches(w.image), "the fixed config indexed again")
+
+
+async def test_a_busy_config_misses_no_image_stream_item(world: Factory) -> None:
+    """An item recorded in a stream (a build's output) is reported once: a config that
+    could not act on it then is evaluated again until it can, without a second build of
+    the ones that did."""
+    w = await world()
+    stream = imagestreams.parse({"metadata": {"name": "base", "namespace": NS}})
+    await w.runtime.stream_changed(await w.streams.create_stream(stream, now=w.engine.clock()))
+    for name in ("a-busy", "b-app"):
+        config = await w.engine.create_buildconfig(
+            image_config_doc(name, base=istag("base:latest"))
+        )
+        await w.runtime.config_changed(config, created=True)
+    w.streams.busy.add("a-busy")
+    digest = "sha256:" + "b" * 64
+    image = f"{w.host}/default/base@{digest}"
+    await w.runtime.record_stream_image(NS, "base", "latest", digest, image, None)
+    assert len(await w.builds("b-app")) == 1
+    assert await w.builds("a-busy") == []
+    w.streams.busy.clear()
+
+    async def a_busy_built() -> bool:
+        return len(await w.builds("a-busy")) == 1
+
+    await eventually(a_busy_built, "a-busy evaluated again")
+    (build,) = await w.builds("a-busy")
+    assert build.spec.strategy.docker is not None
+    assert build.spec.strategy.docker.from_image is not None
+    assert build.spec.strategy.docker.from_image.name == image
+    assert len(await w.builds("b-app")) == 1
+
+
+async def test_stop_cancels_a_pending_evaluation(world: Factory) -> None:
+    w = await world()
+    stream = imagestreams.parse({"metadata": {"name": "base", "namespace": NS}})
+    await w.runtime.stream_changed(await w.streams.create_stream(stream, now=w.engine.clock()))
+    config = await w.engine.create_buildconfig(
+        image_config_doc("a-busy", base=istag("base:latest"))
+    )
+    await w.runtime.config_changed(config, created=True)
+    w.streams.busy.add("a-busy")
+    w.runtime.reevaluate_after = 3600.0
+    digest = "sha256:" + "c" * 64
+    await w.runtime.record_stream_image(
+        NS, "base", "latest", digest, f"{w.host}/default/base@{digest}", None
+    )
+    await asyncio.wait_for(w.runtime.stop(), timeout=5)
