@@ -130,6 +130,19 @@ class World:
         created = await self.streams.create_stream(stream, now=self.engine.clock())
         await self.runtime.stream_changed(created)
 
+    async def add_chain(self, *names: str) -> None:
+        """An empty image stream ``base`` (what a base build outputs to) and configs
+        building FROM ImageStreamTag base:latest."""
+        stream = imagestreams.parse({"metadata": {"name": "base", "namespace": NS}})
+        await self.runtime.stream_changed(
+            await self.streams.create_stream(stream, now=self.engine.clock())
+        )
+        for name in names:
+            config = await self.engine.create_buildconfig(
+                image_config_doc(name, base=istag("base:latest"))
+            )
+            await self.runtime.config_changed(config, created=True)
+
     async def mirrored(self) -> str | None:
         latest = (await self.streams.get_stream(NS, "mirror")).latest("latest")
         return latest.image if latest is not None else None
@@ -288,13 +301,7 @@ async def test_a_busy_config_misses_no_image_stream_item(world: Factory) -> None
     could not act on it then is evaluated again until it can, without a second build of
     the ones that did."""
     w = await world()
-    stream = imagestreams.parse({"metadata": {"name": "base", "namespace": NS}})
-    await w.runtime.stream_changed(await w.streams.create_stream(stream, now=w.engine.clock()))
-    for name in ("a-busy", "b-app"):
-        config = await w.engine.create_buildconfig(
-            image_config_doc(name, base=istag("base:latest"))
-        )
-        await w.runtime.config_changed(config, created=True)
+    await w.add_chain("a-busy", "b-app")
     w.streams.busy.add("a-busy")
     digest = "sha256:" + "b" * 64
     image = f"{w.host}/default/base@{digest}"
@@ -316,12 +323,7 @@ async def test_a_busy_config_misses_no_image_stream_item(world: Factory) -> None
 
 async def test_stop_cancels_a_pending_evaluation(world: Factory) -> None:
     w = await world()
-    stream = imagestreams.parse({"metadata": {"name": "base", "namespace": NS}})
-    await w.runtime.stream_changed(await w.streams.create_stream(stream, now=w.engine.clock()))
-    config = await w.engine.create_buildconfig(
-        image_config_doc("a-busy", base=istag("base:latest"))
-    )
-    await w.runtime.config_changed(config, created=True)
+    await w.add_chain("a-busy")
     w.streams.busy.add("a-busy")
     w.runtime.reevaluate_after = 3600.0
     digest = "sha256:" + "c" * 64
