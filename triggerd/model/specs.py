@@ -433,6 +433,21 @@ def parse_reference(doc: Doc, fields: Fields, path: str) -> ObjectReference | No
     kind_text = fields.string(doc, "kind", f"{path}.kind", required=True)
     name = fields.string(doc, "name", f"{path}.name", required=True)
     namespace = fields.optional_string(doc, "namespace", f"{path}.namespace")
+    # The kind is judged whether or not the name is there, so a reference with both wrong
+    # is refused with both errors at once rather than one per attempt.
+    if kind_text and kind_text not in (ReferenceKind.DOCKER_IMAGE, ReferenceKind.IMAGE_STREAM_TAG):
+        if kind_text == ReferenceKind.IMAGE_STREAM_IMAGE:
+            fields.error(
+                f"{path}.kind",
+                "ImageStreamImage references are not supported; use ImageStreamTag or a "
+                "DockerImage pinned by digest",
+            )
+        else:
+            fields.error(
+                f"{path}.kind",
+                f"unsupported value {kind_text!r}: expected DockerImage or ImageStreamTag",
+            )
+        return None
     if not kind_text or not name:
         return None
     if kind_text == ReferenceKind.IMAGE_STREAM_TAG:
@@ -446,19 +461,6 @@ def parse_reference(doc: Doc, fields: Fields, path: str) -> ObjectReference | No
             fields.error(f"{path}.name", str(e))
             return None
         return ObjectReference(kind=ReferenceKind.IMAGE_STREAM_TAG, name=name, namespace=namespace)
-    if kind_text != ReferenceKind.DOCKER_IMAGE:
-        if kind_text == ReferenceKind.IMAGE_STREAM_IMAGE:
-            fields.error(
-                f"{path}.kind",
-                "ImageStreamImage references are not supported; use ImageStreamTag or a "
-                "DockerImage pinned by digest",
-            )
-        else:
-            fields.error(
-                f"{path}.kind",
-                f"unsupported value {kind_text!r}: expected DockerImage or ImageStreamTag",
-            )
-        return None
     try:
         references.parse(name)
     except ValueError as e:
@@ -543,10 +545,12 @@ def _parse_image_sources(doc: Doc, fields: Fields, path: str) -> tuple[ImageSour
             fields.error(ipath, "must be an object with from and paths")
             continue
         from_doc = fields.mapping(item, "from", f"{ipath}.from")
-        if not from_doc:
+        # A missing from does not stop the paths being checked: every error at once.
+        reference: ObjectReference | None = None
+        if from_doc:
+            reference = parse_reference(from_doc, fields, f"{ipath}.from")
+        else:
             fields.error(f"{ipath}.from", "is required")
-            continue
-        reference = parse_reference(from_doc, fields, f"{ipath}.from")
         paths: list[ImagePath] = []
         for j, entry in enumerate(fields.items(item, "paths", f"{ipath}.paths")):
             ppath = f"{ipath}.paths[{j}]"
@@ -554,18 +558,19 @@ def _parse_image_sources(doc: Doc, fields: Fields, path: str) -> tuple[ImageSour
                 fields.error(ppath, "must be an object with sourcePath and destinationDir")
                 continue
             source_path = fields.string(entry, "sourcePath", f"{ppath}.sourcePath", required=True)
+            source_ok = bool(source_path)
             if source_path and not source_path.startswith("/"):
                 fields.error(f"{ppath}.sourcePath", "must be an absolute path in the image")
-                continue
-            if any(part == ".." for part in source_path.split("/")):
+                source_ok = False
+            elif any(part == ".." for part in source_path.split("/")):
                 fields.error(f"{ppath}.sourcePath", "must not contain '..'")
-                continue
+                source_ok = False
             destination = fields.relative_path(
                 fields.string(entry, "destinationDir", f"{ppath}.destinationDir"),
                 f"{ppath}.destinationDir",
                 "context",
             )
-            if source_path:
+            if source_ok:
                 paths.append(ImagePath(source_path=source_path, destination_dir=destination))
         if not paths:
             fields.error(f"{ipath}.paths", "needs at least one path")
@@ -594,15 +599,16 @@ def _parse_context_inputs(
             continue
         ref = fields.mapping(item, ref_key, f"{ipath}.{ref_key}")
         name = fields.string(ref, "name", f"{ipath}.{ref_key}.name", required=True)
+        name_ok = bool(name)
         if name and ("/" in name or name.startswith(".")):
             fields.error(f"{ipath}.{ref_key}.name", "must be a plain name")
-            continue
+            name_ok = False
         destination = fields.relative_path(
             fields.string(item, "destinationDir", f"{ipath}.destinationDir"),
             f"{ipath}.destinationDir",
             "context",
         )
-        if name:
+        if name_ok:
             result.append(ContextInput(name=name, destination_dir=destination))
     return tuple(result)
 
@@ -695,6 +701,8 @@ def _parse_volumes(doc: Doc, fields: Fields, path: str) -> tuple[BuildVolume, ..
         source = fields.mapping(item, "source", f"{vpath}.source")
         source_type = fields.string(source, "type", f"{vpath}.source.type", required=True)
         source_name = ""
+        # A bad source does not stop the mounts being checked: every error at once.
+        source_ok = True
         if source_type == VolumeSourceType.SECRET:
             secret = fields.mapping(source, "secret", f"{vpath}.source.secret")
             source_name = fields.string(
@@ -711,10 +719,10 @@ def _parse_volumes(doc: Doc, fields: Fields, path: str) -> tuple[BuildVolume, ..
                 f"unsupported value {source_type!r}: expected Secret or ConfigMap "
                 "(CSI volumes need a cluster)",
             )
-            continue
+            source_ok = False
         if source_name and ("/" in source_name or source_name.startswith(".")):
             fields.error(f"{vpath}.source", "the secret or config map name must be a plain name")
-            continue
+            source_ok = False
         destinations: list[str] = []
         for j, mount in enumerate(fields.items(item, "mounts", f"{vpath}.mounts")):
             mpath = f"{vpath}.mounts[{j}].destinationPath"
@@ -733,7 +741,7 @@ def _parse_volumes(doc: Doc, fields: Fields, path: str) -> tuple[BuildVolume, ..
                 destinations.append(destination)
         if not destinations:
             fields.error(f"{vpath}.mounts", "needs at least one destinationPath")
-        if name and source_name and destinations:
+        if name and source_ok and source_name and destinations:
             result.append(
                 BuildVolume(
                     name=name,
@@ -755,10 +763,12 @@ def _parse_source_strategy(doc: Doc, fields: Fields, spath: str) -> SourceStrate
         fields.error(spath, "is required for the Source strategy")
         return None
     from_doc = fields.mapping(source_doc, "from", f"{spath}.from")
-    if not from_doc:
+    # A missing builder image does not stop the other fields being checked.
+    from_image: ObjectReference | None = None
+    if from_doc:
+        from_image = parse_reference(from_doc, fields, f"{spath}.from")
+    else:
         fields.error(f"{spath}.from", "is required: the builder image")
-        return None
-    from_image = parse_reference(from_doc, fields, f"{spath}.from")
     scripts = fields.string(source_doc, "scripts", f"{spath}.scripts")
     if scripts and not scripts.startswith(SCRIPTS_URL_SCHEMES):
         fields.error(
@@ -787,10 +797,12 @@ def _parse_source_strategy(doc: Doc, fields: Fields, spath: str) -> SourceStrate
 def _parse_custom_strategy(doc: Doc, fields: Fields, cpath: str) -> CustomStrategy | None:
     custom_doc = fields.mapping(doc, "customStrategy", cpath)
     from_doc = fields.mapping(custom_doc, "from", f"{cpath}.from")
-    if not from_doc:
+    # A missing builder image does not stop the other fields being checked.
+    from_image: ObjectReference | None = None
+    if from_doc:
+        from_image = parse_reference(from_doc, fields, f"{cpath}.from")
+    else:
         fields.error(f"{cpath}.from", "is required: the custom builder image")
-        return None
-    from_image = parse_reference(from_doc, fields, f"{cpath}.from")
     pull_secret = fields.mapping(custom_doc, "pullSecret", f"{cpath}.pullSecret")
     env = parse_env(fields.items(custom_doc, "env", f"{cpath}.env"), fields, f"{cpath}.env")
     mounts: list[SecretMount] = []
