@@ -12,8 +12,12 @@ and ``propagationPolicy`` (Background: dependents collected right after; Foregro
 Orphan: left without their owner reference — and, as in the real API, the default for
 batch/v1 Jobs is Orphan, so their pods stay), owner-reference garbage collection, and pod
 logs with ``follow``. Tests can cut every open stream (:meth:`FakeApiServer.drop_streams`)
-as a lost connection or a restarting API server would. It is no scheduler: tests drive pods
-through :class:`tests.kubernetes.cluster.Cluster`, which edits the store directly.
+as a lost connection or a restarting API server would. Requests must carry the bearer token
+the server was made with (401 otherwise). It speaks plain HTTP unless given a directory for
+TLS files: then it serves HTTPS with a certificate for 127.0.0.1 signed by a throwaway CA
+(``ca.crt`` in that directory), as a real API server does for in-cluster clients. It is no
+scheduler: tests drive pods through :class:`tests.kubernetes.cluster.Cluster`, which edits
+the store directly.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ import asyncio
 import builtins
 import contextlib
 import copy
+import ipaddress
 import json
 import re
+import ssl
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (api version, plural)
@@ -57,6 +68,8 @@ KINDS: Mapping[Key, str] = {
     ("triggerd.dev/v1", "deliveries"): "Delivery",
     ("triggerd.dev/v1", "imagestreams"): "ImageStream",
 }
+#: the bearer token the fake accepts unless told another one
+DEFAULT_TOKEN = "fake-token"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -175,7 +188,13 @@ class Calls:
 
 
 class FakeApiServer:
-    def __init__(self) -> None:
+    def __init__(self, *, token: str = DEFAULT_TOKEN, tls_dir: Path | None = None) -> None:
+        """``token``: the only bearer token accepted. ``tls_dir``: serve HTTPS with a
+        certificate written there (``ca.crt`` is what clients must trust)."""
+        self.token = token
+        self.tls_dir = tls_dir
+        #: the CA certificate clients verify the server with (TLS mode only)
+        self.ca_file: Path | None = None
         self.objects: dict[Key, dict[tuple[str, str], Obj]] = {}
         self.rv = 100
         self.history: list[Event] = []
@@ -203,17 +222,24 @@ class FakeApiServer:
         self.app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self._grouped)
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.port = 0
 
     # Lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app, shutdown_timeout=0.5)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        context: ssl.SSLContext | None = None
+        if self.tls_dir is not None:
+            self.ca_file, cert_file, key_file = write_tls_files(self.tls_dir)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert_file, key_file)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None
         port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = int(port)
+        self.url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         async with self.changed:
@@ -222,11 +248,14 @@ class FakeApiServer:
             await self.runner.cleanup()
 
     def write_kubeconfig(self, path: str, namespace: str = "triggerd") -> None:
+        cluster: dict[str, str] = {"server": self.url}
+        if self.ca_file is not None:
+            cluster["certificate-authority"] = str(self.ca_file)
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "fake", "user": {"token": self.token}}],
             "contexts": [
                 {
                     "name": "fake",
@@ -366,7 +395,7 @@ class FakeApiServer:
     async def _dispatch(
         self, request: web.Request, api_version: str, rest: str
     ) -> web.StreamResponse:
-        if request.headers.get("Authorization") != "Bearer fake-token":
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
             return status(401, "Unauthorized", "Unauthorized")
         parts = [p for p in rest.split("/") if p]
         namespace: str | None = None
@@ -720,6 +749,79 @@ class FakeApiServer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), 1.0)
         await response.write_eof()
+
+
+def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it, written to
+    ``directory`` as ``ca.crt``, ``server.crt`` and ``server.key``; returns those paths.
+    (A CA apart from the server certificate, as a cluster has: clients verify the chain,
+    and no client needs to accept a self-signed leaf.)"""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-apiserver-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (
+        directory / "ca.crt",
+        directory / "server.crt",
+        directory / "server.key",
+    )
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
 
 
 async def _send(response: web.StreamResponse, type_: str, obj: Obj) -> None:
