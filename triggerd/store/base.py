@@ -129,6 +129,12 @@ class Store(Protocol):
         key never both create builds.
         """
 
+    async def delivered(self, key: str) -> tuple[Build, ...] | None:
+        """The builds the delivery ``key`` created (as they are now, pruned ones left out),
+        or None when it is not recorded. A read only: for a delivery that would start
+        nothing now, whose earlier delivery may have started builds. Only deliveries that
+        created builds are recorded (by :meth:`instantiate`)."""
+
     async def queue_summary(self) -> QueueSummary:
         """The New builds in summary, cheaply (the scheduler asks on every pass)."""
 

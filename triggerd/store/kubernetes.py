@@ -418,13 +418,25 @@ class KubernetesStore(CustomResources):
             if not e.conflict:
                 raise to_domain_error(e, "Delivery", claim) from e
         # Seen before (or being handled by another replica right now): wait for its builds.
+        found = await self._claimed_builds(claim)
+        if found is None:  # the other attempt failed and let go: try to claim again
+            return await self._claim(claim, delivery)
+        return found, ""
+
+    async def delivered(self, key: str) -> tuple[Build, ...] | None:
+        found = await self._claimed_builds(delivery_name(key))
+        return None if found is None else tuple(found)
+
+    async def _claimed_builds(self, claim: str) -> list[Build] | None:
+        """The builds recorded on ``claim`` once it is complete (waiting while another
+        replica completes it); None when there is no such claim."""
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:
             try:
                 doc = await self.kube.get(self._path(DELIVERIES, None, claim))
             except KubeError as e:
-                if e.not_found:  # the other attempt failed and let go: try to claim again
-                    return await self._claim(claim, delivery)
+                if e.not_found:
+                    return None
                 raise to_domain_error(e, "Delivery", claim) from e
             spec = doc.get("spec") or {}
             if spec.get("complete"):
@@ -435,7 +447,7 @@ class KubernetesStore(CustomResources):
                         found.append(await self.get_build(namespace, name))
                     except errors.NotFound:
                         continue  # pruned since
-                return found, ""
+                return found
             if time.monotonic() > deadline:
                 raise errors.TemporaryError(
                     "the same delivery is being handled by another replica", 2.0

@@ -475,6 +475,13 @@ class SqliteStore:
         job = _InstantiateJob(requests=requests, delivery=delivery, queue_limit=queue_limit)
         return await self._write(write, job=job)
 
+    async def delivered(self, key: str) -> tuple[Build, ...] | None:
+        def read(conn: sqlite3.Connection) -> tuple[Build, ...] | None:
+            row = conn.execute("SELECT builds FROM deliveries WHERE key = ?", (key,)).fetchone()
+            return None if row is None else self._fetch_builds(conn, json.loads(row[0]))
+
+        return await self._read(read)
+
     async def queue_summary(self) -> QueueSummary:
         def read(conn: sqlite3.Connection) -> QueueSummary:
             rows = conn.execute(

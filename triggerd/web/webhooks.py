@@ -473,8 +473,7 @@ async def _answer(
         }
         return _json(body, 200), PING
     if not plan.starts:
-        body = {**base, "triggered": [], "reason": _reason(plan), "skipped": plan.skipped}
-        return _json(body, 200), SKIPPED
+        return await _skipped(engine, plan, key, delivery_id, base)
     received = engine.clock()
     delivery = Delivery(key=key, received=received) if key is not None else None
     # Returns only after the commit: the 201 below is a promise the builds exist. A config
@@ -487,23 +486,46 @@ async def _answer(
         if entry is not None and entry not in plan.skipped:  # one per config, not per push
             plan.skipped.append(entry)
     if not result.builds and not result.duplicate:
-        body = {**base, "triggered": [], "reason": _reason(plan), "skipped": plan.skipped}
-        return _json(body, 200), SKIPPED
+        return await _skipped(engine, plan, key, delivery_id, base)
     if result.duplicate:
-        # Only builds of configs this delivery proved itself to: a colliding id from another
-        # tenant must not reveal someone else's builds.
-        shown = [b for b in result.builds if (b.namespace, b.config_name) in plan.allowed]
-        body = {
-            **base,
-            "triggered": [_entry(b) for b in shown],
-            "duplicate": True,
-            "reason": f"delivery {delivery_id} was already received; nothing new started",
-        }
-        return _json(body, 200), DUPLICATE
+        return _duplicate(plan, result.builds, delivery_id, base), DUPLICATE
     body = {**base, "triggered": [_entry(b) for b in result.builds]}
     if plan.skipped:
         body["skipped"] = plan.skipped
     return _json(body, 201), TRIGGERED
+
+
+async def _skipped(
+    engine: Engine, plan: _Plan, key: str | None, delivery_id: str | None, base: dict[str, Any]
+) -> tuple[web.Response, str]:
+    """The answer when this delivery starts nothing now. A redelivery whose first delivery
+    started builds still answers with those (the config may have changed since, so that
+    today's evaluation skips): one read by delivery id, only here, never on the path that
+    creates builds (there the store's instantiate finds the duplicate in its transaction).
+    A delivery that starts nothing is not recorded, deliberately: a write per skipped
+    delivery would cost every unmatched push a commit, and a redelivery of it is just
+    evaluated again (starting builds if the config now accepts it)."""
+    if key is not None:
+        recorded = await engine.store.delivered(key)
+        if recorded is not None:
+            return _duplicate(plan, recorded, delivery_id, base), DUPLICATE
+    body = {**base, "triggered": [], "reason": _reason(plan), "skipped": plan.skipped}
+    return _json(body, 200), SKIPPED
+
+
+def _duplicate(
+    plan: _Plan, recorded: Sequence[Build], delivery_id: str | None, base: dict[str, Any]
+) -> web.Response:
+    # Only builds of configs this delivery proved itself to: a colliding id from another
+    # tenant must not reveal someone else's builds.
+    shown = [b for b in recorded if (b.namespace, b.config_name) in plan.allowed]
+    body = {
+        **base,
+        "triggered": [_entry(b) for b in shown],
+        "duplicate": True,
+        "reason": f"delivery {delivery_id} was already received; nothing new started",
+    }
+    return _json(body, 200)
 
 
 def _json(body: Mapping[str, Any], status: int) -> web.Response:
