@@ -1,7 +1,9 @@
 """The local executor: runs a build's plan with git and buildah on this machine.
 
 The orchestrator hands over a Pending Build; this module resolves what the plan needs from
-the server settings (buildah storage, insecure registries, credential files), renders the
+the server settings (buildah storage, insecure registries, credential files; which Secrets
+and ConfigMaps a build reads, and for what, is :func:`triggerd.planning.needs.needs`'s
+decision, shared with the Kubernetes executor), renders the
 plan with :mod:`triggerd.planning.buildah`, and runs it through :mod:`triggerd.runner` in a
 per-build workspace under ``workspace_root``, writing the build log through
 :class:`~triggerd.logs.LogStore`. The workspace is deleted afterwards; the log and the
@@ -34,8 +36,8 @@ from triggerd.executors.base import Failed, Outcome, Reporter
 from triggerd.images import references
 from triggerd.logs import LogStore, snippet
 from triggerd.model.builds import Build, Reason
-from triggerd.model.specs import VolumeSourceType
 from triggerd.planning import archives, buildah
+from triggerd.planning.needs import Needs, needs
 from triggerd.planning.plan import OutputName
 from triggerd.settings import SecretSettings, Settings
 
@@ -179,8 +181,9 @@ class LocalExecutor:
         """Resolve settings and secrets into what the plan needs; credential data is written
         to 0600 files under ``<workspace>/secrets`` and referred to by path only."""
         settings = self.settings
+        reads = needs(build)
         insecure = frozenset(h for h, r in settings.registries.items() if r.insecure)
-        push_auth = self._push_auth(build, workspace)
+        push_auth = self._push_auth(build, reads, workspace)
         cache = buildah.cache_repository(build, settings.layer_cache_registry)
         return buildah.PlanContext(
             storage_driver=settings.buildah.storage_driver,
@@ -190,16 +193,16 @@ class LocalExecutor:
             insecure_registries=insecure,
             image_stream_registry=settings.image_stream_registry,
             push_auth_file=push_auth,
-            pull_auth_file=self._pull_auth(build, workspace),
-            image_pull_auth_files=self._image_pull_auth(build, workspace),
-            git_ssh_key_file=self._ssh_key(build, workspace),
-            git_credential_helper=self._credential_helper(build, workspace),
+            pull_auth_file=self._pull_auth(reads, workspace),
+            image_pull_auth_files=self._image_pull_auth(reads, workspace),
+            git_ssh_key_file=self._ssh_key(reads, workspace),
+            git_credential_helper=self._credential_helper(reads, workspace),
             push_retries=settings.buildah.push_retries,
             binary_input=self._binary_input(build),
             binary_as_file=build.meta.annotations.get(archives.AS_FILE_ANNOTATION),
             binary_limits=archives.limits_for(settings),
-            secret_dirs=self._secret_dirs(build, workspace),
-            config_map_dirs=self._config_map_dirs(build, workspace),
+            secret_dirs=self._secret_dirs(reads, workspace),
+            config_map_dirs=self._config_map_dirs(reads, workspace),
             cache_repository=cache,
             cache_auth_file=self._cache_auth(cache, push_auth) if cache else None,
         )
@@ -210,16 +213,12 @@ class LocalExecutor:
         configured = self.settings.registry(references.parse(cache).registry).auth_file
         return configured or push_auth
 
-    def _config_map_dirs(self, build: Build, workspace: Path) -> dict[str, str]:
-        """Each config map of source.configMaps as a directory of one file per key. Config
-        maps come from the ``configMaps`` setting (name → key → value)."""
+    def _config_map_dirs(self, reads: Needs, workspace: Path) -> dict[str, str]:
+        """Each config map the build reads as a directory of one file per key. Config maps
+        come from the ``configMaps`` setting (name → key → value)."""
         available = self.settings.config_maps
-        names = {item.name for item in build.spec.source.config_maps}
-        docker = build.spec.strategy.docker
-        volumes = docker.volumes if docker is not None else ()
-        names |= {v.source_name for v in volumes if v.source_type is VolumeSourceType.CONFIG_MAP}
         dirs: dict[str, str] = {}
-        for name in sorted(names):
+        for name in reads.config_maps:
             data = available.get(name)
             if data is None:
                 raise _Refused(
@@ -235,20 +234,11 @@ class LocalExecutor:
             dirs[name] = f"{SECRETS_DIR}/configmaps/{name}"
         return dirs
 
-    def _secret_dirs(self, build: Build, workspace: Path) -> dict[str, str]:
+    def _secret_dirs(self, reads: Needs, workspace: Path) -> dict[str, str]:
         """Each secret the build mounts, as a directory with one 0600 file per key (a
         ``path`` secret: that file under its own name), outside the build context."""
-        custom = build.spec.strategy.custom
-        names = {m.name for m in custom.secrets} if custom is not None else set()
-        if custom is not None and build.spec.source.source_secret:
-            # A custom builder fetches by itself: it gets the source secret's files.
-            names.add(build.spec.source.source_secret)
-        names |= {s.name for s in build.spec.source.secrets}
-        docker = build.spec.strategy.docker
-        volumes = docker.volumes if docker is not None else ()
-        names |= {v.source_name for v in volumes if v.source_type is VolumeSourceType.SECRET}
         dirs: dict[str, str] = {}
-        for name in sorted(names):
+        for name in reads.secrets:
             if "/" in name or name.startswith("."):
                 raise _Refused(Reason.GENERIC_BUILD_FAILED, f"bad secret name {name!r}")
             secret = self._secret(name, Reason.GENERIC_BUILD_FAILED, "secret")
@@ -288,12 +278,12 @@ class LocalExecutor:
             raise _Refused(reason, f'{what} "{name}" is not defined in the server settings')
         return secret
 
-    def _push_auth(self, build: Build, workspace: Path) -> str | None:
+    def _push_auth(self, build: Build, reads: Needs, workspace: Path) -> str | None:
         output = build.spec.output
         reason = Reason.PUSH_IMAGE_TO_REGISTRY_FAILED
-        if output.push_secret:
-            secret = self._secret(output.push_secret, reason, "push secret")
-            return _docker_config(secret, output.push_secret, workspace, "push-auth.json", reason)
+        if reads.push_secret:
+            secret = self._secret(reads.push_secret, reason, "push secret")
+            return _docker_config(secret, reads.push_secret, workspace, "push-auth.json", reason)
         if output.to is None:
             return None
         try:
@@ -302,10 +292,8 @@ class LocalExecutor:
             return None  # render() reports the bad reference
         return self.settings.registry(host).auth_file
 
-    def _pull_auth(self, build: Build, workspace: Path) -> str | None:
-        strategy = build.spec.strategy
-        chosen = strategy.docker or strategy.source or strategy.custom
-        pull_secret = chosen.pull_secret if chosen is not None else None
+    def _pull_auth(self, reads: Needs, workspace: Path) -> str | None:
+        pull_secret = reads.pull_secret
         reason = Reason.PULL_BUILDER_IMAGE_FAILED
         if pull_secret:
             secret = self._secret(pull_secret, reason, "pull secret")
@@ -325,22 +313,20 @@ class LocalExecutor:
                 raise _Refused(reason, f"cannot read registry auth file {path}: {e}") from e
         return _write_secret(workspace, "pull-auth.json", json.dumps({"auths": merged}))
 
-    def _image_pull_auth(self, build: Build, workspace: Path) -> dict[str, str]:
+    def _image_pull_auth(self, reads: Needs, workspace: Path) -> dict[str, str]:
         """An auth file per pull secret of source.images, from the named secrets."""
         reason = Reason.PULL_BUILDER_IMAGE_FAILED
         files: dict[str, str] = {}
-        for image_source in build.spec.source.images:
-            name = image_source.pull_secret
-            if name and name not in files:
-                secret = self._secret(name, reason, "pull secret")
-                files[name] = _docker_config(
-                    secret, name, workspace, f"image-pull-auth-{len(files)}.json", reason
-                )
+        for index, name in enumerate(reads.image_pull_secrets):
+            secret = self._secret(name, reason, "pull secret")
+            files[name] = _docker_config(
+                secret, name, workspace, f"image-pull-auth-{index}.json", reason
+            )
         return files
 
-    def _ssh_key(self, build: Build, workspace: Path) -> str | None:
-        name = build.spec.source.source_secret
-        if not name or build.spec.source.git is None:
+    def _ssh_key(self, reads: Needs, workspace: Path) -> str | None:
+        name = reads.fetch_secret
+        if name is None:
             return None
         reason = Reason.FETCH_SOURCE_FAILED
         secret = self._secret(name, reason, "source secret")
@@ -360,12 +346,12 @@ class LocalExecutor:
             f"and data.{BASIC_PASSWORD}",
         )
 
-    def _credential_helper(self, build: Build, workspace: Path) -> str | None:
+    def _credential_helper(self, reads: Needs, workspace: Path) -> str | None:
         """For a basic-auth source secret: a git credential helper that reads the username
         and password from 0600 files. The helper holds only their paths, so neither the
         plan, the argv, the environment nor the log ever carries the values."""
-        name = build.spec.source.source_secret
-        if not name or build.spec.source.git is None:
+        name = reads.fetch_secret
+        if name is None:
             return None
         secret = self._secret(name, Reason.FETCH_SOURCE_FAILED, "source secret")
         if secret.path or SSH_KEY in secret.data:

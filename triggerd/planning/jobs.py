@@ -39,9 +39,10 @@ from triggerd.executors.base import Cancelled, Failed, Outcome, Succeeded
 from triggerd.model import buildconfigs, specs
 from triggerd.model import meta as metas
 from triggerd.model.builds import Build, Reason, Stage, StageName
-from triggerd.model.specs import SourceRevision, VolumeSourceType
+from triggerd.model.specs import SourceRevision
 from triggerd.planning import buildah
 from triggerd.planning.buildah import PlanContext
+from triggerd.planning.needs import needs
 from triggerd.planning.plan import (
     Capture,
     Command,
@@ -209,32 +210,6 @@ def label_value(text: str) -> str:
 # Plans -------------------------------------------------------------------------------------
 
 
-def input_names(build: Build) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The Secrets and ConfigMaps (sorted names) the build reads besides its credentials:
-    source.secrets/configMaps, dockerStrategy.volumes, customStrategy.secrets and a custom
-    build's source secret, the same ones the host executor resolves from its settings."""
-    source = build.spec.source
-    strategy = build.spec.strategy
-    secrets = {item.name for item in source.secrets}
-    config_maps = {item.name for item in source.config_maps}
-    if strategy.custom is not None:
-        secrets |= {mount.name for mount in strategy.custom.secrets}
-        if source.source_secret:
-            # A custom builder fetches by itself: it gets the source secret's files.
-            secrets.add(source.source_secret)
-    for volume in strategy.docker.volumes if strategy.docker is not None else ():
-        if volume.source_type is VolumeSourceType.SECRET:
-            secrets.add(volume.source_name)
-        else:
-            config_maps.add(volume.source_name)
-    return tuple(sorted(secrets)), tuple(sorted(config_maps))
-
-
-def image_pull_secrets(build: Build) -> tuple[str, ...]:
-    """The distinct source.images[].pullSecret names, in order of first use."""
-    return tuple(dict.fromkeys(i.pull_secret for i in build.spec.source.images if i.pull_secret))
-
-
 def git_credential_helper(directory: str) -> str:
     """A git credential helper (a shell snippet, run by git through sh) that answers with
     the basic-auth username and password files of the source secret mounted at
@@ -249,29 +224,12 @@ def git_credential_helper(directory: str) -> str:
     )
 
 
-def pull_secret(build: Build) -> str | None:
-    """The strategy's pull secret (dockerStrategy, sourceStrategy or customStrategy)."""
-    strategy = build.spec.strategy
-    chosen = strategy.docker or strategy.source or strategy.custom
-    return chosen.pull_secret if chosen is not None else None
-
-
-def _git_secret(build: Build) -> bool:
-    """Whether the init container fetches with the source secret (a custom builder
-    fetches by itself and gets the secret as one of its inputs instead)."""
-    source = build.spec.source
-    return bool(
-        source.source_secret and source.git is not None and build.spec.strategy.custom is None
-    )
-
-
 def plan_context(build: Build, options: JobOptions) -> PlanContext:
     """The PlanContext for a build pod: the paths the pod spec below mounts."""
-    output = build.spec.output
-    secrets, config_maps = input_names(build)
-    git_secret = _git_secret(build)
-    push_auth = f"{PUSH_SECRET_DIR}/{AUTH_FILE}" if output.push_secret else None
-    pull_auth = f"{PULL_SECRET_DIR}/{AUTH_FILE}" if pull_secret(build) else None
+    reads = needs(build)
+    git_secret = reads.fetch_secret is not None
+    push_auth = f"{PUSH_SECRET_DIR}/{AUTH_FILE}" if reads.push_secret else None
+    pull_auth = f"{PULL_SECRET_DIR}/{AUTH_FILE}" if reads.pull_secret else None
     return PlanContext(
         storage_driver="vfs",
         root=STORAGE_ROOT,
@@ -287,10 +245,10 @@ def plan_context(build: Build, options: JobOptions) -> PlanContext:
         git_credential_helper=git_credential_helper(SOURCE_SECRET_DIR) if git_secret else None,
         image_pull_auth_files={
             name: f"{IMAGE_PULL_SECRETS_DIR}/{name}/{AUTH_FILE}"
-            for name in image_pull_secrets(build)
+            for name in reads.image_pull_secrets
         },
-        secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in secrets},
-        config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in config_maps},
+        secret_dirs={name: f"{INPUT_SECRETS_DIR}/{name}" for name in reads.secrets},
+        config_map_dirs={name: f"{INPUT_CONFIG_MAPS_DIR}/{name}" for name in reads.config_maps},
         cache_repository=buildah.cache_repository(build, options.layer_cache_registry),
         # buildah build takes one --authfile for its pulls and its --cache-to push: with a
         # pull secret, the plan merges the push credentials in for the cache repository
@@ -463,11 +421,11 @@ def _input_volumes(build: Build, parts: SplitPlan) -> list[_Input]:
         quoted = json.dumps(directory)[:-1]  # the opening quote and the path
         return any(quoted + end in text for end in ('"', ":", "/"))
 
-    secrets, config_maps = input_names(build)
+    reads = needs(build)
     found: list[_Input] = []
     for kind, names, root in (
-        ("secret", secrets, INPUT_SECRETS_DIR),
-        ("configMap", config_maps, INPUT_CONFIG_MAPS_DIR),
+        ("secret", reads.secrets, INPUT_SECRETS_DIR),
+        ("configMap", reads.config_maps, INPUT_CONFIG_MAPS_DIR),
     ):
         for index, name in enumerate(names):
             directory = f"{root}/{name}"
@@ -495,7 +453,7 @@ def _fetch_container(
     build: Build, options: JobOptions, input_mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
     mounts = _common_mounts() + input_mounts
-    if _git_secret(build):
+    if needs(build).fetch_secret is not None:
         mounts.append({"name": "source-secret", "mountPath": SOURCE_SECRET_DIR, "readOnly": True})
     return {
         "name": FETCH_CONTAINER,
@@ -528,12 +486,13 @@ def _build_container(
         {"name": "STORAGE_DRIVER", "value": "vfs"},
     ]
     mounts = [*_common_mounts(), {"name": "storage", "mountPath": STORAGE_MOUNT}, *input_mounts]
-    if build.spec.output.push_secret:
+    reads = needs(build)
+    if reads.push_secret:
         env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{PUSH_SECRET_DIR}/{AUTH_FILE}"})
         mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
-    if pull_secret(build):
+    if reads.pull_secret:
         mounts.append({"name": "pull-secret", "mountPath": PULL_SECRET_DIR, "readOnly": True})
-    for index, name in enumerate(image_pull_secrets(build)):
+    for index, name in enumerate(reads.image_pull_secrets):
         mounts.append(
             {
                 "name": f"image-pull-{index}",
@@ -635,14 +594,14 @@ def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
             },
         }
 
-    if build.spec.output.push_secret:
-        volumes.append(docker_secret("push-secret", build.spec.output.push_secret))
-    pulls_with = pull_secret(build)
-    if pulls_with:
-        volumes.append(docker_secret("pull-secret", pulls_with))
-    for index, name in enumerate(image_pull_secrets(build)):
+    reads = needs(build)
+    if reads.push_secret:
+        volumes.append(docker_secret("push-secret", reads.push_secret))
+    if reads.pull_secret:
+        volumes.append(docker_secret("pull-secret", reads.pull_secret))
+    for index, name in enumerate(reads.image_pull_secrets):
         volumes.append(docker_secret(f"image-pull-{index}", name))
-    if _git_secret(build) and build.spec.source.source_secret:
+    if reads.fetch_secret:
         volumes.append(
             {
                 "name": "source-secret",
@@ -650,7 +609,7 @@ def _volumes(build: Build, options: JobOptions) -> list[dict[str, Any]]:
                     # Every key: ssh-privatekey for ssh-auth, username/password for
                     # basic-auth (an items list naming a missing key keeps the pod from
                     # starting). Group-readable: the init user reads it as the fsGroup.
-                    "secretName": build.spec.source.source_secret,
+                    "secretName": reads.fetch_secret,
                     "defaultMode": SOURCE_SECRET_MODE,
                 },
             }
