@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.cli.conftest import python_env
 from tests.executors.conftest import ExecutorEnv
 from tests.strategies.images import image_config, run_in
 from tests.support.buildah import BuildahEnv
@@ -273,6 +275,42 @@ async def test_from_repo_sends_the_commit_and_its_revision(server: Server, tmp_p
     assert labels["org.opencontainers.image.revision"] == commit
 
 
+async def test_cli_from_repo_with_an_earlier_commit(
+    server: Server, tmp_path: Path, buildah_env: BuildahEnv
+) -> None:
+    """``triggerd start-build BC --from-repo DIR --commit HEAD~1``, the command itself: the
+    build gets HEAD~1's files and that commit's sha, message and author, not HEAD's."""
+    image = server.env.registry.ref("binary/from-repo-commit", "v1")
+    config = binary_config("from-repo-commit", image)
+    assert (await server.call("POST", "/buildconfigs", config))[0] == 201
+    repo = make_repository(tmp_path / "repo", server.env.base_image)
+    first = add_second_commit(repo)
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "triggerd", "start-build", "from-repo-commit", "-n", "team",
+        "--from-repo", str(repo), "--commit", "HEAD~1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=python_env({"TRIGGERD_SERVER": server.url, "TRIGGERD_TOKEN": TOKEN}),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, (out, err)
+    assert out.decode() == "build/from-repo-commit-1 started\n"
+    status, build = await server.call("GET", "/builds/from-repo-commit-1")
+    assert status == 200, build
+    revision = build["spec"]["revision"]["git"]
+    assert revision["commit"] == first
+    assert revision["message"] == "Add marker"
+    assert revision["author"] == {"name": "Ada", "email": "ada@example.com"}
+    done = await server.wait("from-repo-commit-1")
+    log = server.env.logs.read("team", "from-repo-commit-1").decode()
+    assert done["status"]["phase"] == "Complete", log
+    # The image has the first commit's marker (the log may not show it: the RUN that
+    # prints it can come from the layer cache of another test's identical build).
+    assert run_in(buildah_env, image, "cat", "/m") == "committed-marker\n"
+    labels = image_config(server.env.registry, "binary/from-repo-commit", "v1")["Labels"]
+    assert labels["io.openshift.build.commit.id"] == first
+
+
 def make_repository(repo: Path, base: str) -> Path:
     """A local git repository with one commit, plus an uncommitted change."""
     repo.mkdir()
@@ -284,6 +322,16 @@ def make_repository(repo: Path, base: str) -> Path:
     subprocess.run([*git, "commit", "-q", "-m", "Add marker"], check=True)
     (repo / "marker").write_text("uncommitted change\n")
     return repo
+
+
+def add_second_commit(repo: Path) -> str:
+    """Commit a changed marker (by Grace) on top of :func:`make_repository`'s commit;
+    returns the sha of that first commit."""
+    git = ["git", "-C", str(repo), "-c", "user.name=Grace", "-c", "user.email=grace@example.com"]
+    first = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    (repo / "marker").write_text("second-commit-marker\n")
+    subprocess.run([*git, "commit", "-q", "-am", "Change marker"], check=True)
+    return first.stdout.strip()
 
 
 def evil_tar(name: str, *links: tuple[str, str]) -> bytes:
