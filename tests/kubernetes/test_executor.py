@@ -634,3 +634,44 @@ async def test_transient_api_errors_before_the_job_exists_are_retried(
     cluster.finish_build(job_name, message=result_message(digest=DIGEST))
     assert isinstance(await asyncio.wait_for(task, 15), Succeeded)
     assert apiserver.calls.creates[JOBS] == [job_name]
+
+
+class _EndsBeforeTheJobCheck(KubernetesExecutor):
+    """Runs ``end`` once, between the executor's first list of the pods and its first
+    look at the Job: the build ends before the pod watch ever sees its containers."""
+
+    end: Callable[[], None] | None = None
+
+    async def _check_job(self, *args: Any, **kwargs: Any) -> Outcome | None:
+        end, self.end = self.end, None
+        if end is not None:
+            end()
+        return await super()._check_job(*args, **kwargs)
+
+
+async def test_a_build_that_ends_before_its_pod_is_watched_keeps_log_revision_and_stages(
+    kube: Kube, kube_settings: KubernetesSettings, cluster: Cluster, logs: LogStore
+) -> None:
+    executor = _EndsBeforeTheJobCheck(kube, kube_settings, logs, recheck_seconds=1)
+    build = make_build()
+    job_name = jobs.name_job(build.namespace, build.name)
+
+    def end() -> None:
+        cluster.start_fetch(job_name, b"Cloning...\n")
+        cluster.finish_fetch(
+            job_name, message=result_message(commit=COMMIT, stages=("FetchInputs",))
+        )
+        cluster.start_build(job_name, b"STEP 1/1: FROM busybox\n")
+        cluster.finish_build(
+            job_name, message=result_message(digest=DIGEST, stages=("Build", "PushImage"))
+        )
+
+    executor.end = end
+    recorder = Recorder()
+    outcome = await asyncio.wait_for(executor.run(build, recorder), 15)
+    assert executor.end is None  # it did end in between
+    assert isinstance(outcome, Succeeded) and outcome.digest == DIGEST
+    text = logs.read("triggerd", build.name).decode()
+    assert "Cloning...\n" in text and "STEP 1/1: FROM busybox\n" in text
+    assert [r.commit for r in recorder.revisions] == [COMMIT]
+    assert [s.name.value for s in recorder.stages] == ["FetchInputs", "Build", "PushImage"]

@@ -516,7 +516,9 @@ class KubernetesExecutor:
                     return outcome
             elif progress.stopped_since is None:
                 progress.stopped_since = time.monotonic()
-            return await self._check_job(job_name, plan, deadline, active, progress, selector, mine)
+            return await self._check_job(
+                job_name, plan, deadline, active, progress, selector, mine, reporter
+            )
 
         while True:
             try:
@@ -529,7 +531,7 @@ class KubernetesExecutor:
                         if outcome is not None:
                             return self._finish(build, outcome)
                 outcome = await self._check_job(
-                    job_name, plan, deadline, active, progress, selector, mine
+                    job_name, plan, deadline, active, progress, selector, mine, reporter
                 )
                 if outcome is not None:
                     return self._finish(build, outcome)
@@ -602,6 +604,7 @@ class KubernetesExecutor:
         progress: _Progress,
         selector: str,
         mine: Callable[[dict[str, Any]], bool],
+        reporter: Reporter,
     ) -> Outcome | None:
         """What the Job says: an outcome, or None while the build goes on (or while a pod
         stopped from outside waits for the Job to say why). ``mine`` tells the build's
@@ -624,9 +627,11 @@ class KubernetesExecutor:
             # The Job ended because its pod did: the pod (if still there) says how.
             listed = await self.kube.list(self.pods_path, label_selector=selector)
             for pod in reversed(list(filter(mine, _oldest_first(listed.get("items") or [])))):
-                view = jobs.read_pod(pod, image=plan.image, deadline_seconds=deadline)
-                if view.outcome is not None:
-                    return view.outcome
+                # Observed like a watched pod: a build that ended before the watch saw its
+                # containers still gets their logs streamed, its revision and its stages.
+                outcome = await self._observe(pod, plan, deadline, reporter, progress)
+                if outcome is not None:
+                    return outcome
             if _completed(job):
                 # Finished while nobody watched and its pod is gone: the digest is lost.
                 return Succeeded(digest="", image_reference=plan.image)
