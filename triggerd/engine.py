@@ -819,7 +819,8 @@ class Engine:
         """Return after any build changed, or after ``within`` seconds."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), within)
+                async with asyncio.timeout(within):
+                    await self._changed.wait()
 
     # Scheduling ---------------------------------------------------------------------------
     async def _schedule_forever(self) -> None:
@@ -830,7 +831,8 @@ class Engine:
             else:
                 # Builds created by a webhook on another replica never wake this one.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), SHARED_STORE_POLL_SECONDS)
+                    async with asyncio.timeout(SHARED_STORE_POLL_SECONDS):
+                        await self._wake.wait()
                 except TimeoutError:
                     self._slot_change = True  # another replica may have ended or cancelled
             self._wake.clear()

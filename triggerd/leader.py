@@ -146,7 +146,11 @@ class LeaderElector:
         while True:
             began = time.monotonic()
             try:
-                await asyncio.wait_for(self.try_once(), self._round_budget(began))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # result when the round ends just as the task is cancelled, and this loop
+                # would then outlive stop() (and the event loop's own shutdown).
+                async with asyncio.timeout(self._round_budget(began)):
+                    await self.try_once()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -336,7 +340,8 @@ class LeaderElector:
             await self._call_quietly(False)
             self._work.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._work.wait()
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _tell(self, leader: bool) -> None:

@@ -706,7 +706,8 @@ class PlanRun:
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), self._kill_grace)
+                async with asyncio.timeout(self._kill_grace):
+                    await proc.wait()
         # SIGKILL the group even when the leader exited: its helpers may not have.
         _signal_group(proc.pid, signal.SIGKILL)
         if proc.returncode is None:

@@ -474,7 +474,8 @@ class KubernetesExecutor:
                 # Ended: the streams end with the containers. Stopped (this replica no longer
                 # leads, or shuts down): not waited for, the next leader reads the pod's log.
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(streamer), LOG_DRAIN_SECONDS)
+                    async with asyncio.timeout(LOG_DRAIN_SECONDS):
+                        await asyncio.shield(streamer)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer

@@ -74,7 +74,8 @@ async def drain(runner: web.AppRunner, grace: float) -> bool:
     if state.count:
         log.info("waiting for %d request(s) in flight", state.count)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(state.idle.wait(), grace)
+        async with asyncio.timeout(grace):
+            await state.idle.wait()
     if state.count:
         log.warning(
             "%d request(s) still in flight after %.0fs; cutting them off", state.count, grace
