@@ -10,7 +10,9 @@ import pytest
 
 from tests.kubernetes.cluster import Cluster
 from tests.kubernetes.fake_apiserver import FakeApiServer
+from triggerd.executors.kubernetes import KubernetesExecutor
 from triggerd.kube import Kube, KubernetesSettings, connect
+from triggerd.logs import LogStore
 
 NAMESPACE = "triggerd"
 
@@ -56,3 +58,14 @@ async def kube(kube_settings: KubernetesSettings) -> AsyncIterator[Kube]:
 @pytest.fixture
 def cluster(apiserver: FakeApiServer) -> Cluster:
     return Cluster(apiserver, NAMESPACE)
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> LogStore:
+    """A log store of the test's own (the executor tests read what a build logged)."""
+    return LogStore(tmp_path / "logs")
+
+
+@pytest.fixture
+def executor(kube: Kube, kube_settings: KubernetesSettings, logs: LogStore) -> KubernetesExecutor:
+    return KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)

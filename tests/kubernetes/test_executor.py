@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,16 +45,6 @@ class Recorder:
 
 def make_build(number: int = 1) -> Build:
     return factories.build("app", number, Phase.PENDING, namespace="triggerd")
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> LogStore:
-    return LogStore(tmp_path / "logs")
-
-
-@pytest.fixture
-def executor(kube: Kube, kube_settings: KubernetesSettings, logs: LogStore) -> KubernetesExecutor:
-    return KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)
 
 
 def test_implements_the_executor_protocol(executor: KubernetesExecutor) -> None:

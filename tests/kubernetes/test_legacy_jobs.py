@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests import factories
 from tests.kubernetes.cluster import DIGEST, JOBS, Cluster, result_message
@@ -61,16 +58,6 @@ async def legacy_job(kube: Kube, settings: KubernetesSettings, build: Build) -> 
     manifest = legacy_manifest(build, settings)
     await kube.create(path_for("batch/v1", "jobs", settings.namespace), manifest)
     return str(manifest["metadata"]["name"])
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> LogStore:
-    return LogStore(tmp_path / "logs")
-
-
-@pytest.fixture
-def executor(kube: Kube, kube_settings: KubernetesSettings, logs: LogStore) -> KubernetesExecutor:
-    return KubernetesExecutor(kube, kube_settings, logs, recheck_seconds=1)
 
 
 async def adopt(
