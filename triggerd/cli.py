@@ -25,6 +25,7 @@ import aiohttp
 import yaml
 
 from triggerd import errors, manifests, upload
+from triggerd.model import meta as metas
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 API = "/apis/build.openshift.io/v1"
@@ -239,7 +240,7 @@ def build_row(doc: Mapping[str, Any], now: datetime | None = None) -> list[str]:
         f"{source}@{commit[:7]}" if commit else source,
         shown,
         _ago(started, now) if started else "",
-        _duration(int(duration) / 1e9) if isinstance(duration, int) else "",
+        metas.format_duration(duration) if isinstance(duration, int) else "",
     ]
 
 
@@ -255,17 +256,6 @@ def _ago(timestamp: str, now: datetime | None) -> str:
             return f"{count} {unit}{'s' if count != 1 else ''} ago"
     seconds = max(seconds, 0)
     return f"{seconds} second{'s' if seconds != 1 else ''} ago"
-
-
-def _duration(seconds: float) -> str:
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def _strip_kind(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from triggerd import cli
+from triggerd.model import meta as metas
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -42,8 +43,8 @@ def test_build_rows() -> None:
 
 
 def test_durations_and_ages() -> None:
-    assert cli._duration(0.4) == "0s"
-    assert cli._duration(3725) == "1h2m5s"
+    assert metas.format_duration(400_000_000) == "0s"
+    assert metas.format_duration(3725 * 1_000_000_000) == "1h2m5s"
     assert cli._ago("2025-12-30T12:00:00Z", NOW) == "2 days ago"
     assert cli._ago("2026-01-01T11:00:00Z", NOW) == "1 hour ago"
 

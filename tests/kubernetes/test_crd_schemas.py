@@ -28,6 +28,7 @@ from triggerd import imagechange, lifecycle, matching
 from triggerd.events import Commit as PushCommit
 from triggerd.events import GenericTrigger, GitPush, Person, Provider, RefKind
 from triggerd.model import buildconfigs, builds, requests, specs
+from triggerd.model import meta as metas
 from triggerd.model.buildconfigs import BuildConfig, TriggerType
 from triggerd.model.builds import Build, Phase, Reason, Stage, StageName
 from triggerd.store.kubernetes import (
@@ -35,7 +36,6 @@ from triggerd.store.kubernetes import (
     build_to_resource,
     config_from_resource,
     config_to_resource,
-    readable_duration,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -514,4 +514,4 @@ def test_kubectl_get_builds_shows_type_status_times_and_digest() -> None:
     ("seconds", "text"), [(0, "0s"), (59, "59s"), (60, "1m0s"), (3723, "1h2m3s")]
 )
 def test_the_duration_column_reads_as_go_durations(seconds: int, text: str) -> None:
-    assert readable_duration(seconds * 1_000_000_000 + 999_999_999) == text
+    assert metas.format_duration(seconds * 1_000_000_000 + 999_999_999) == text

@@ -87,6 +87,19 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_duration(nanoseconds: int) -> str:
+    """A build duration (nanoseconds, as OpenShift stores it) the way Go's time.Duration
+    prints one, to whole seconds: ``45s``, ``3m20s``, ``1h2m0s``."""
+    seconds = max(0, nanoseconds) // 1_000_000_000
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
+
+
 def parse_time(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -685,20 +685,8 @@ def build_to_resource(build: Build) -> dict[str, Any]:
         # kubectl's printer columns cannot format status.duration (nanoseconds, as
         # OpenShift stores it): `kubectl get builds` shows this readable copy instead.
         # Reading a Build ignores it; every write computes it again.
-        doc.setdefault("status", {})["durationText"] = readable_duration(duration)
+        doc.setdefault("status", {})["durationText"] = metas.format_duration(duration)
     return doc
-
-
-def readable_duration(nanoseconds: int) -> str:
-    """Go's time.Duration form, to whole seconds: ``45s``, ``3m20s``, ``1h2m0s``."""
-    seconds = max(0, nanoseconds) // 1_000_000_000
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{minutes}m{seconds}s"
-    return f"{seconds}s"
 
 
 def build_from_resource(doc: Mapping[str, Any]) -> Build:
