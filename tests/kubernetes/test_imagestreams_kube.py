@@ -31,6 +31,7 @@ from tests.imagechange.helpers import docker_ref, image_config_doc, istag
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.crd_schema import crd_schema, problems, structural_problems
 from tests.kubernetes.fake_apiserver import FakeApiServer
+from tests.kubernetes.test_replicas import leader_and_follower
 from tests.support.processes import async_wait_for
 from triggerd import errors
 from triggerd.engine import Engine, StartRequest
@@ -607,18 +608,6 @@ async def make_replica(
     yield make
     for replica in replicas:
         await replica.stop()
-
-
-async def leader_and_follower(
-    make_replica: Callable[..., Awaitable[Replica]], **options: Any
-) -> tuple[Replica, Replica]:
-    a = await make_replica("a", **options)
-    await async_wait_for(lambda: a.elector.is_leader, timeout=5, what="a leads")
-    await async_wait_for(lambda: a.elector.settled.is_set(), timeout=5, what="a settled")
-    b = await make_replica("b", **options)
-    await async_wait_for(lambda: b.elector._observed is not None, timeout=5, what="b looked")
-    assert not b.elector.is_leader
-    return a, b
 
 
 async def add_chain(via: Replica, *, app_output: dict[str, str] | None = None) -> None:

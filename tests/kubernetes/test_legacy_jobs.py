@@ -16,6 +16,7 @@ from typing import Any
 
 from tests import factories
 from tests.kubernetes.cluster import DIGEST, JOBS, Cluster, result_message
+from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.kubernetes.test_executor import Recorder, fetch_ok
 from tests.support.processes import async_wait_for
@@ -25,8 +26,6 @@ from triggerd.kube import Kube, KubernetesSettings, path_for
 from triggerd.logs import LogStore
 from triggerd.model.builds import Build, Phase, Reason
 from triggerd.planning import buildah, jobs
-
-NAMESPACE = "triggerd"
 
 
 def running_build(*, uid: str = "", namespace: str = NAMESPACE) -> Build:

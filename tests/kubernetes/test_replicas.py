@@ -10,7 +10,7 @@ import collections
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -127,9 +127,17 @@ async def make_node(
         await node.stop()
 
 
+class _Campaigns(Protocol):
+    elector: LeaderElector
+
+
+R = TypeVar("R", bound=_Campaigns)
+
+
 async def leader_and_follower(
-    make_node: Callable[..., Awaitable[Node]], **settings: Any
-) -> tuple[Node, Node]:
+    make_node: Callable[..., Awaitable[R]], **settings: Any
+) -> tuple[R, R]:
+    """Replica a, leading and settled, then replica b, which has looked at the Lease."""
     a = await make_node("a", **settings)
     await async_wait_for(lambda: a.elector.is_leader, timeout=5, what="a leads")
     await async_wait_for(lambda: a.elector.settled.is_set(), timeout=5, what="a settled")
@@ -137,6 +145,21 @@ async def leader_and_follower(
     await async_wait_for(lambda: b.elector._observed is not None, timeout=5, what="b looked")
     assert not b.elector.is_leader
     return a, b
+
+
+def github_hook_config(apiserver: FakeApiServer) -> dict[str, Any]:
+    """BuildConfig ``hello`` of GITHUB_URI's main with a GitHub trigger whose secret is the
+    Kubernetes Secret ``github-hook`` (HOOK_SECRET), which this puts in the API server."""
+    apiserver.put(
+        ("v1", "secrets"),
+        {"metadata": {"name": "github-hook", "namespace": NAMESPACE}, "type": "Opaque",
+         "data": {"WebHookSecretKey": base64.b64encode(HOOK_SECRET.encode()).decode()}},
+    )  # fmt: skip
+    doc = factories.buildconfig_doc("hello", namespace=NAMESPACE, uri=GITHUB_URI, ref="main")
+    doc["spec"]["triggers"] = [
+        {"type": "GitHub", "github": {"secretReference": {"name": "github-hook"}}}
+    ]
+    return doc
 
 
 async def create_config(store: KubernetesStore, name: str, **kwargs: Any) -> None:
@@ -248,15 +271,7 @@ async def test_a_signed_github_delivery_to_the_follower_is_built_by_the_leader(
     """A real signed push delivery over HTTP to ``/hooks/github`` of the replica that does
     not lead, verified with a secret from a Kubernetes Secret: the leader builds it once,
     and the redelivery (GitHub's "Redeliver") starts nothing."""
-    apiserver.put(
-        ("v1", "secrets"),
-        {"metadata": {"name": "github-hook", "namespace": NAMESPACE}, "type": "Opaque",
-         "data": {"WebHookSecretKey": base64.b64encode(HOOK_SECRET.encode()).decode()}},
-    )  # fmt: skip
-    doc = factories.buildconfig_doc("hello", namespace=NAMESPACE, uri=GITHUB_URI, ref="main")
-    doc["spec"]["triggers"] = [
-        {"type": "GitHub", "github": {"secretReference": {"name": "github-hook"}}}
-    ]
+    doc = github_hook_config(apiserver)
     a = await make_node("a")
     await a.store.create_buildconfig(buildconfigs.parse(doc))
     await async_wait_for(lambda: a.elector.is_leader, timeout=5, what="a leads")

@@ -4,7 +4,6 @@ makes to recognise a redelivery, including one another replica is still completi
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 from collections.abc import Awaitable, Callable
 
@@ -15,10 +14,10 @@ from tests import factories
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.kubernetes.test_replicas import (  # make_node: the replica fixture, reused
-    GITHUB_URI,
     HOOK_SECRET,
     PUSH,
     Node,
+    github_hook_config,
     make_node,
 )
 from tests.kubernetes.test_store import new_build
@@ -113,15 +112,7 @@ async def test_a_redelivery_after_the_ref_changed_answers_the_original_builds_ov
 ) -> None:
     """The webhook skip path on the Kubernetes store: GitHub's "Redeliver" of a push that
     built, after the config's ref changed, answers with the original build."""
-    apiserver.put(
-        ("v1", "secrets"),
-        {"metadata": {"name": "github-hook", "namespace": NAMESPACE}, "type": "Opaque",
-         "data": {"WebHookSecretKey": base64.b64encode(HOOK_SECRET.encode()).decode()}},
-    )  # fmt: skip
-    doc = factories.buildconfig_doc("hello", namespace=NAMESPACE, uri=GITHUB_URI, ref="main")
-    doc["spec"]["triggers"] = [
-        {"type": "GitHub", "github": {"secretReference": {"name": "github-hook"}}}
-    ]
+    doc = github_hook_config(apiserver)
     node = await make_node("a", aiohttp_client=aiohttp_client)
     assert node.client is not None
     await node.engine.create_buildconfig(doc, namespace=NAMESPACE)
