@@ -234,7 +234,7 @@ class ImageChangeRuntime:
                     await self._safely(self.import_once(stream.namespace, stream.name, tag.name))
         for ident, watches in sorted(self._config_watches.items()):
             if any(w.key.startswith(imagechange.ISTAG_PREFIX) for w in watches):
-                await self._safely(self._evaluate(*ident))
+                await self._evaluate_or_later(ident)
 
     async def _record_missed_outputs(self) -> None:
         """The newest Complete build of each config that outputs to an ImageStreamTag:
@@ -361,18 +361,30 @@ class ImageChangeRuntime:
             await asyncio.sleep(delay)
             if not self.is_leader:
                 return  # the next leader's catch-up evaluates it
-            try:
-                await self._evaluate(*ident)
+            if await self._try_evaluate(ident):
                 return
-            except asyncio.CancelledError:
-                raise
-            except (Invalid, Conflict, PermanentError) as e:
-                # Trying again cannot help until the config changes, which evaluates it.
-                log.warning("%s/%s: image stream change not acted on: %s", *ident, e)
-                return
-            except Exception as e:
-                log.warning("%s/%s: image stream change not acted on yet: %s", *ident, e)
             delay = min(delay * 2, REEVALUATE_MAX_SECONDS)
+
+    async def _try_evaluate(self, ident: ConfigId) -> bool:
+        """Evaluate the config against the images known now; False when it failed for a
+        reason worth trying again (a store busy), True when done or hopeless (retrying
+        cannot help an unreadable config until it changes, which evaluates it)."""
+        try:
+            await self._evaluate(*ident)
+        except asyncio.CancelledError:
+            raise
+        except (Invalid, Conflict, PermanentError) as e:
+            log.warning("%s/%s: image stream change not acted on: %s", *ident, e)
+        except Exception as e:
+            log.warning("%s/%s: image stream change not acted on yet: %s", *ident, e)
+            return False
+        return True
+
+    async def _evaluate_or_later(self, ident: ConfigId) -> None:
+        """Evaluate now; if that fails for now, again later: what it missed (a stream
+        item) is not reported a second time."""
+        if not await self._try_evaluate(ident):
+            self._reevaluate_later(ident)
 
     async def _cancel_reevaluations(self) -> None:
         tasks = list(self._reevaluations.values())
@@ -604,8 +616,8 @@ class ImageChangeRuntime:
             newest = before.latest(tag) if before is not None else None
             if items and (newest is None or newest.image != items[0].image):
                 key = imagechange.istag_key(stream.namespace, stream.name, tag)
-                for namespace, name in sorted(self._by_key.get(key, ())):
-                    await self._safely(self._evaluate(namespace, name))
+                for ident in sorted(self._by_key.get(key, ())):
+                    await self._evaluate_or_later(ident)
 
     async def import_once(self, namespace: str, stream: str, tag: str) -> None:
         """Import a spec tag's ``from`` now; a failure goes into the tag's conditions."""
@@ -1020,6 +1032,7 @@ class ImageChangeRuntime:
                         namespace=config.namespace,
                         config_name=config.name,
                         request=decision.request,
+                        config=config,
                     )
                 ]
             )
