@@ -21,6 +21,7 @@ import pytest
 from tests.fakes import FakeExecutor
 from tests.imagechange.counting_registry import CountingRegistry
 from tests.imagechange.helpers import docker_ref, image_config_doc, istag
+from tests.support.processes import async_wait_for
 from triggerd import imagechange
 from triggerd.engine import Engine
 from triggerd.errors import FieldError, Invalid, TemporaryError
@@ -198,24 +199,6 @@ async def world(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Factory]:
         await session.close()
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (at most 5 s) for a background task to make ``condition`` true."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"timed out waiting for: {what}")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait (at most 5 s) for a background task to make ``check`` true."""
-    for _ in range(500):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"timed out waiting for: {what}")
-
-
 async def test_an_unreadable_config_does_not_stop_the_others_or_the_import(
     world: Factory,
 ) -> None:
@@ -286,14 +269,18 @@ async def test_a_config_turning_unreadable_leaves_the_index(world: Factory) -> N
     assert w.runtime.watches(w.image)
     # kubectl stores a shape triggerd cannot parse: the watch reports it without a config.
     w.store.emit(ConfigEvent(type="MODIFIED", namespace=NS, name="app", problem="bad"))
-    await until(lambda: not w.runtime.watches(w.image), "the unreadable config unindexed")
+    await async_wait_for(
+        lambda: not w.runtime.watches(w.image), timeout=5, what="the unreadable config unindexed"
+    )
     assert w.image not in w.runtime.watcher.keys
     # Deleted while unreadable: the watch has no config to report either.
     w.store.emit(ConfigEvent(type="DELETED", namespace=NS, name="app", problem="bad"))
     # Fixed again (the same spec as before it broke): indexed again, so the watch
     # survived both events and the config's last spec is not taken as already seen.
     w.store.emit(ConfigEvent(type="ADDED", namespace=NS, name="app", config=config))
-    await until(lambda: w.runtime.watches(w.image), "the fixed config indexed again")
+    await async_wait_for(
+        lambda: w.runtime.watches(w.image), timeout=5, what="the fixed config indexed again"
+    )
 
 
 async def test_a_busy_config_misses_no_image_stream_item(world: Factory) -> None:
@@ -313,7 +300,7 @@ async def test_a_busy_config_misses_no_image_stream_item(world: Factory) -> None
     async def a_busy_built() -> bool:
         return len(await w.builds("a-busy")) == 1
 
-    await eventually(a_busy_built, "a-busy evaluated again")
+    await async_wait_for(a_busy_built, timeout=5, what="a-busy evaluated again")
     (build,) = await w.builds("a-busy")
     assert build.spec.strategy.docker is not None
     assert build.spec.strategy.docker.from_image is not None
@@ -330,4 +317,29 @@ async def test_stop_cancels_a_pending_evaluation(world: Factory) -> None:
     await w.runtime.record_stream_image(
         NS, "base", "latest", digest, f"{w.host}/default/base@{digest}", None
     )
+    (pending,) = w.runtime._reevaluations.values()
     await asyncio.wait_for(w.runtime.stop(), timeout=5)
+    assert pending.cancelled()
+
+
+async def test_a_busy_config_misses_nothing_the_catch_up_finds(world: Factory) -> None:
+    """Taking the lead, the runtime evaluates configs watching stream tags against the
+    streams as they are (an item another leader recorded): one that cannot act for now is
+    evaluated again until it can."""
+    w = await world()
+    await w.add_chain("a-busy")
+    digest = "sha256:" + "d" * 64
+    image = f"{w.host}/default/base@{digest}"
+    event = imagestreams.TagEvent(
+        docker_image_reference=image, image=digest, created=w.engine.clock()
+    )
+    await w.streams.record_tag(NS, "base", "latest", event)  # as the previous leader did
+    w.streams.busy.add("a-busy")
+    await w.runtime._catch_up()
+    assert await w.builds("a-busy") == []
+    w.streams.busy.clear()
+
+    async def a_busy_built() -> bool:
+        return len(await w.builds("a-busy")) == 1
+
+    await async_wait_for(a_busy_built, timeout=5, what="a-busy evaluated again")
