@@ -5,7 +5,8 @@ Run: ``python bench/routing_bench.py [--configs 10000] [--seconds 5] [--runs 3]`
 
 Intake reuses bench/intake_bench.py (its wrk driver, payload, BuildConfig and server helpers):
 the same signed ~7 KB octokit push, a unique delivery id per request, 32 connections, the
-real app with a real SqliteStore and the fake executor, posted to ``/hooks/github``. The
+app wired as ``triggerd serve`` wires it (``server.build_components``: SqliteStore, image
+change runtime, every route) with the fake executor, posted to ``/hooks/github``. The
 baseline holds the one matching BuildConfig; the measured store holds it plus
 ``--configs - 1`` others, each on its own repository with a GitHub trigger (so the repository
 index really has 10,000 entries), none matching the push. Both are measured in the same
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -54,12 +55,10 @@ from tests.fakes import FakeExecutor
 from triggerd.engine import Engine
 from triggerd.intake import signatures
 from triggerd.logs import LogStore
-from triggerd.server import settle_heap
+from triggerd.server import build_components, settle_heap
 from triggerd.settings import Settings
 from triggerd.store.base import BuildQuery
 from triggerd.store.sqlite import SqliteStore
-from triggerd.web import webhooks
-from triggerd.web.app import make_app
 
 HOST = "127.0.0.1"
 CONNECTIONS = 32
@@ -138,14 +137,10 @@ async def round_intake(
     data_dir = Path(tempfile.mkdtemp(prefix="round-", dir=work))
     shutil.copy(template, data_dir / "triggerd.db")
     settings = Settings(data_dir=data_dir, api_tokens=("bench",), max_concurrent_builds=1)
-    logs = LogStore(data_dir / "logs")
-    engine = Engine(
-        settings=settings,
-        store=SqliteStore(data_dir / "triggerd.db"),
-        executor=FakeExecutor(logs),
-        logs=logs,
-    )
-    app = make_app(engine, logs, settings, extra_routes=webhooks.ROUTES)
+    # Wired as `triggerd serve` wires it (image change runtime included), builds "running"
+    # in the fake executor: the same wiring as intake_bench.round_triggerd.
+    engine, app = build_components(settings)
+    engine.executor = FakeExecutor(cast(LogStore, engine.logs))
     port = free_port()
     with logging_to(data_dir / "triggerd.log"):
         started = time.perf_counter()
