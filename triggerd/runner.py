@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triggerd.executors.base import Cancelled, Failed, Outcome, Succeeded
+from triggerd.images import references
 from triggerd.model.builds import Reason, Stage, StageName
 from triggerd.model.specs import SourceRevision
 from triggerd.planning import archives, dockerfile, s2i
@@ -810,10 +811,6 @@ def _read_auths(path: str) -> dict[str, Any]:
     return dict(doc) if isinstance(doc, dict) else {}
 
 
-#: Docker Hub's names in auth files (docker login writes https://index.docker.io/v1/).
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
-
 def _credentials_for(entries: Mapping[str, Any], repository: str) -> Any:
     """The entry of an auth file that containers/image would use for ``repository``: the
     most specific key (``host/ns/repo`` over ``host/ns`` over ``host``) of the same
@@ -844,8 +841,8 @@ def _split_auth_key(key: str) -> tuple[str, str]:
 
 
 def _registry_name(host: str) -> str:
-    host = host.lower()
-    return "docker.io" if host in _DOCKER_HUB_HOSTS else host
+    # Hosts compare case-insensitively, Docker Hub's names as one.
+    return references.canonical_registry(host.lower())
 
 
 def _copy_out_of_image(root: Path, source: str, target: Path) -> int:

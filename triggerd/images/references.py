@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 DOCKER_HUB = "docker.io"
+#: Docker Hub's other names (docker login writes ``https://index.docker.io/v1/``).
+DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -69,8 +71,7 @@ def parse(text: str) -> ImageReference:
         rest, tag = rest[:colon], rest[colon + 1 :]
         if not _TAG.match(tag):
             raise ValueError(f"invalid tag {tag!r} in image reference {text!r}")
-    if registry in ("index.docker.io", "registry-1.docker.io"):
-        registry = DOCKER_HUB
+    registry = canonical_registry(registry)
     if registry == DOCKER_HUB and "/" not in rest:
         rest = f"library/{rest}"
     if not _REPOSITORY.match(rest):
@@ -81,3 +82,8 @@ def parse(text: str) -> ImageReference:
     if tag is None and digest is None:
         tag = "latest"
     return ImageReference(registry=registry, repository=rest, tag=tag, digest=digest)
+
+
+def canonical_registry(host: str) -> str:
+    """``host`` as references name its registry: Docker Hub's aliases are ``docker.io``."""
+    return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host

@@ -147,8 +147,7 @@ def _entry_credentials(entry: Mapping[str, object]) -> Credentials | None:
 
 def _host_of(key: str) -> str:
     """``https://index.docker.io/v1/`` → ``docker.io``; ``host:5000`` unchanged."""
-    host = key.split("://", 1)[-1].split("/", 1)[0]
-    return references.DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io") else host
+    return references.canonical_registry(key.split("://", 1)[-1].split("/", 1)[0])
 
 
 @dataclass(slots=True)
