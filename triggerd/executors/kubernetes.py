@@ -287,19 +287,8 @@ class KubernetesExecutor:
         """Delete the build's Job of the name an earlier version gave it, if there is one
         whose annotations say it is this namespace's build of that name (the uid is not
         known here: a leftover of an earlier same-named build goes too, it has ended)."""
-        job_name = jobs.legacy_name_job(namespace, name)
-        if job_name == jobs.name_job(namespace, name):
-            return False
-        path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
-        try:
-            job = await self.kube.get(path)
-        except KubeError as e:
-            if e.not_found:
-                return False
-            raise
-        if not jobs.belongs_to(job, namespace, name):
-            return False  # a same-named build of another namespace
-        return await self._delete_job(job_name)
+        job_name = await self._legacy_job_of(namespace, name, uid="")
+        return job_name is not None and await self._delete_job(job_name)
 
     async def recover(self, build: Build) -> Outcome | None:
         """None when the engine should run the build again: its Job exists (adopted), or
@@ -349,20 +338,23 @@ class KubernetesExecutor:
         name in another namespace, an earlier same-named build) is not it."""
         if not build.meta.uid:
             return None  # nothing would tell its Job from another build's
-        job_name = jobs.legacy_name_job(build.namespace, build.name)
-        if job_name == jobs.name_job(build.namespace, build.name):
+        return await self._legacy_job_of(build.namespace, build.name, uid=build.meta.uid)
+
+    async def _legacy_job_of(self, namespace: str, name: str, *, uid: str) -> str | None:
+        """The earlier version's Job name of build ``namespace/name`` when such a Job
+        exists and its annotations say it is that build's (and, given ``uid``, that
+        build's uid)."""
+        job_name = jobs.legacy_name_job(namespace, name)
+        if job_name == jobs.name_job(namespace, name):
             return None
+        path = path_for("batch/v1", "jobs", self.settings.namespace, job_name)
         try:
-            job = await self.kube.get(
-                path_for("batch/v1", "jobs", self.settings.namespace, job_name)
-            )
+            job = await self.kube.get(path)
         except KubeError as e:
             if e.not_found:
                 return None
             raise
-        if not jobs.belongs_to(job, build.namespace, build.name, build.meta.uid):
-            return None
-        return job_name
+        return job_name if jobs.belongs_to(job, namespace, name, uid) else None
 
     # Following a Job ---------------------------------------------------------------------
     async def _create_or_adopt(self, build: Build, job_name: str, manifest: dict[str, Any]) -> bool:
